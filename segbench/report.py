@@ -86,12 +86,10 @@ def display_frame(df: pd.DataFrame) -> pd.DataFrame:
     if has_task.any():
         out.insert(2, "task", df["task"].fillna("").astype(str).str.replace("ruler/", "", regex=False).values)
         out.insert(3, SCORE_TITLE, [_score(r) for r in df.to_dict("records")])
-        # LongBench-E's length buckets, when any row has them (eval.py's 0-4k / 4-8k / 8k+).
-        at = 4
-        for col, title in BUCKET_TITLES:
-            if col in df and df[col].notna().any():
-                out.insert(at, title, [_x100(v) for v in df[col]])
-                at += 1
+        # LongBench-E's length buckets, all three when any row has one (eval.py's 0-4k / 4-8k / 8k+).
+        if any(col in df and df[col].notna().any() for col, _ in BUCKET_TITLES):
+            for at, (col, title) in enumerate(BUCKET_TITLES, start=4):
+                out.insert(at, title, [_x100(v) for v in df[col]] if col in df else [""] * len(df))
     if "suite" in df and df["suite"].nunique() > 1:
         out.insert(0, "suite", df["suite"].astype(str).values)
     details = [("" if s == "ok" else (d or "")) for s, d in zip(df["status"], df["status_detail"])]

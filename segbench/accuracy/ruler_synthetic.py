@@ -217,7 +217,8 @@ class VariableTrackingBuilder(TaskBuilder):
         prefix = rc.VT_ANSWER_PREFIX.format(num_v=hops + 1, query=value)
 
         def render(amount: int) -> tuple[str, Rendered]:
-            sentences = stream.take(amount)
+            # The example is RULER's whole noise lines; the task's noise is sized to the character.
+            sentences = [NOISE_SENTENCE] * amount if icl else stream.take(amount)
             for chain, chain_spots in zip(chains, spots, strict=True):
                 slots = [int(s * len(sentences)) for s in chain_spots]
                 for j, (slot, statement) in enumerate(zip(slots, chain, strict=True)):
@@ -231,7 +232,7 @@ class VariableTrackingBuilder(TaskBuilder):
         """(example text, its names): prompt, a space, the names, a newline, as RULER writes it."""
         if self._icl is None:
             render = self._renderer(random.Random(f"ruler:vt-icl:{self.seed}"), icl=True)
-            fit = fit_to_budget(render, self.count, VT_ICL_BUDGET)
+            fit = fit_to_budget(render, self.count, VT_ICL_BUDGET, hint=8)  # amount: noise lines
             example: Rendered = fit.value  # type: ignore[assignment]
             self._icl = (example.prompt + " " + " ".join(example.outputs) + "\n", list(example.outputs))
         return self._icl
