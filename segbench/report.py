@@ -60,11 +60,20 @@ def _fmt(col: str, v) -> str:
     return str(v)
 
 
+# Scores are stored as fractions in [0, 1]; every published RULER / LongBench table prints x100.
+SCORE_TITLE = "score x100 [95% CI]"
+BUCKET_TITLES = (("score_0_4k", "0-4k x100"), ("score_4_8k", "4-8k x100"), ("score_8k_plus", "8k+ x100"))
+
+
+def _x100(v) -> str:
+    return "" if v is None or pd.isna(v) else f"{100 * float(v):.2f}"
+
+
 def _score(row: dict) -> str:
-    """'0.25 [0.05,0.70]', starred when the weights are random (chance, not a result)."""
+    """'25.00 [5.00,70.00]' (x100), starred when the weights are random (chance, not a result)."""
     if row.get("score") is None or pd.isna(row.get("score")):
         return ""
-    text = f"{row['score']:.2f} [{row['score_ci_low']:.2f},{row['score_ci_high']:.2f}]"
+    text = f"{_x100(row['score'])} [{_x100(row['score_ci_low'])},{_x100(row['score_ci_high'])}]"
     return text + ("*" if row.get("model_trained") is False else "")
 
 
@@ -76,7 +85,11 @@ def display_frame(df: pd.DataFrame) -> pd.DataFrame:
     has_task = df["task"].fillna("").astype(str) != ""
     if has_task.any():
         out.insert(2, "task", df["task"].fillna("").astype(str).str.replace("ruler/", "", regex=False).values)
-        out.insert(3, "score [95% CI]", [_score(r) for r in df.to_dict("records")])
+        out.insert(3, SCORE_TITLE, [_score(r) for r in df.to_dict("records")])
+        # LongBench-E's length buckets, all three when any row has one (eval.py's 0-4k / 4-8k / 8k+).
+        if any(col in df and df[col].notna().any() for col, _ in BUCKET_TITLES):
+            for at, (col, title) in enumerate(BUCKET_TITLES, start=4):
+                out.insert(at, title, [_x100(v) for v in df[col]] if col in df else [""] * len(df))
     if "suite" in df and df["suite"].nunique() > 1:
         out.insert(0, "suite", df["suite"].astype(str).values)
     details = [("" if s == "ok" else (d or "")) for s, d in zip(df["status"], df["status_detail"])]

@@ -65,6 +65,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("score", "float", "Mean score in [0, 1] (task's official metric)."),
     Column("score_ci_low", "float", "95% interval, low."),
     Column("score_ci_high", "float", "95% interval, high."),
+    Column("score_0_4k", "float", "LongBench-E: mean score of the samples with < 4000 words of context, in [0, 1]."),
+    Column("score_4_8k", "float", "LongBench-E: mean score of the samples with 4000-7999 words of context, in [0, 1]."),
+    Column("score_8k_plus", "float", "LongBench-E: mean score of the samples with >= 8000 words of context, in [0, 1]."),
     # --- provenance
     Column("git_sha", "str", "Commit of segbench that produced the row."),
     Column("git_dirty", "bool", "Whether the work tree had uncommitted changes."),

@@ -129,16 +129,28 @@ class LauncherSpec:
 class TaskSet:
     """Accuracy tasks: each (method entry, context, task) becomes one cell scoring `n` samples."""
 
-    benchmark: Literal["ruler", "longbench", "longbench_v2"]
+    benchmark: Literal["ruler", "longbench", "longbench_e", "longbench_v2"]
     names: tuple[str, ...] = ()  # empty: every task of the benchmark
-    n: int = 8
+    n: int = 8  # samples per cell (longbench_e: per length bucket)
     seed: int = 0
     data_dir: str | None = None  # SQuAD/HotpotQA for RULER qa, LongBench jsonl files
     haystack: str | None = None  # essay text for RULER's essay-haystack tasks
+    chat_template: bool | None = None  # None: RULER's choice for the model family (instruct/chat: yes)
+    scorer: Literal["official", "strict"] = "official"  # longbench_v2: official skips empty outputs
 
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError("n must be >= 1")
+        if self.scorer != "official" and self.benchmark != "longbench_v2":
+            raise ValueError("scorer: strict applies to longbench_v2 only")
+
+    def options(self) -> dict:
+        """What a cell's samples and score depend on (part of its config hash)."""
+        out = {"n": self.n, "seed": self.seed, "data_dir": self.data_dir, "haystack": self.haystack,
+               "chat_template": self.chat_template}
+        if self.benchmark == "longbench_v2":
+            out["scorer"] = self.scorer
+        return out
 
 
 @dataclass(frozen=True)
@@ -221,8 +233,7 @@ class Suite:
         s = self.spec
         jobs = [("", {}, rep) for rep in range(s.workload.process_repeats)] if s.latency else []
         for task_set in s.tasks:
-            options = {"n": task_set.n, "seed": task_set.seed, "data_dir": task_set.data_dir,
-                       "haystack": task_set.haystack}
+            options = task_set.options()
             names = task_set.names or task_names(task_set.benchmark)
             jobs += [(f"{task_set.benchmark}/{name}", options, 0) for name in names]
         out = []
@@ -335,6 +346,10 @@ def task_names(benchmark: str) -> tuple[str, ...]:
         from segbench.accuracy.longbench_config import LONGBENCH_DATASETS
 
         return tuple(LONGBENCH_DATASETS)
+    if benchmark == "longbench_e":
+        from segbench.accuracy.longbench_config import LONGBENCH_E_DATASETS
+
+        return tuple(LONGBENCH_E_DATASETS)
     return ("longbench_v2",)
 
 

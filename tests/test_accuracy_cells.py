@@ -68,3 +68,25 @@ def test_shipped_ruler_cpu_suite_expands_to_all_methods_and_tasks():
     assert {c.method for c in cells} == {"full", "segmented", "longgen", "snapkv", "streamingllm"}
     assert {c.task for c in cells} == {"ruler/niah_single_1", "ruler/vt", "ruler/fwe"}
     assert all(c.task for c in cells)  # latency: false
+
+
+def test_longbench_e_cell_stores_its_buckets_and_the_report_shows_them_x100(tmp_path):
+    from segbench.report import display_frame, load
+
+    records = [{"input": f"Who is {i}?", "context": f"Person {i} is Ann{i}.", "answers": [f"Ann{i}"],
+                "length": length, "all_classes": None, "dataset": "hotpotqa_e", "language": "en", "_id": str(i)}
+               for i, length in enumerate([100, 5000, 9000])]
+    (tmp_path / "hotpotqa_e.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    path = write_suite(
+        tmp_path, name="lbe", contexts=[512], latency=False, limits={"timeout_s": 240, "host_mem_cap_gb": 4},
+        tasks=[{"benchmark": "longbench_e", "names": ["hotpotqa"], "n": 1, "data_dir": str(tmp_path)}],
+    )
+    summary = run_suite(load_suite(path), tmp_path / "out", progress=False)
+    (row,) = CellStore(summary.suite_dir).rows()
+    assert row["status"] == "ok", row["status_detail"]
+    assert row["task"] == "longbench_e/hotpotqa" and row["n"] == 3
+    for col in ("score_0_4k", "score_4_8k", "score_8k_plus"):
+        assert 0.0 <= row[col] <= 1.0  # one sample per bucket, scored with hotpotqa's F1
+    shown = display_frame(load(tmp_path / "out"))
+    assert {"0-4k x100", "4-8k x100", "8k+ x100"} <= set(shown.columns)
+    assert shown["0-4k x100"][0] == f"{100 * row['score_0_4k']:.2f}"

@@ -14,14 +14,14 @@ import pytest
 
 from segbench.accuracy.errors import DataUnavailable
 from segbench.accuracy.fit import LengthError
-from segbench.accuracy.ruler import RULER_TASKS, generate
+from segbench.accuracy.ruler import RULER_TASKS, generate, sample_token_ids
 from segbench.accuracy.scoring import postprocess_pred, string_match_all, string_match_part
 from segbench.accuracy.textgen import essay_sentence
 from segbench.accuracy.tokenizer import count_tokens, load_tokenizer
 
 SELF_CONTAINED = tuple(t for t in RULER_TASKS if not t.startswith("qa_"))
 KEYS = {"task", "index", "input", "outputs", "length", "length_target", "answer_prefix", "max_new_tokens",
-        "haystack", "metric", "seed"}
+        "haystack", "metric", "seed", "chat_template"}
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +32,10 @@ def tok():
 def _check_lengths(samples: list[dict], tok, length: int) -> None:
     for s in samples:
         assert set(s) == KEYS
-        measured = count_tokens(tok, s["input"])
+        measured = len(sample_token_ids(tok, s))
         assert measured == s["length"], "recorded length must be the evaluating tokenizer's count"
+        if not s["chat_template"]:
+            assert measured == count_tokens(tok, s["input"])  # the tokenizer's own special tokens count
         assert measured <= length, "a prompt may never exceed its target"
         assert measured >= 0.99 * length, f"{s['task']}: {measured} is more than 1% short of {length}"
         assert s["input"].endswith(s["answer_prefix"]) and s["length_target"] == length

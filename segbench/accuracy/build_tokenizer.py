@@ -29,6 +29,10 @@ from segbench.accuracy.textgen import NOISE_SENTENCE, essay_sentence, random_num
 from segbench.accuracy.tokenizer import SPECIAL_TOKENS, TINY_TOKENIZER_PATH
 from segbench.accuracy.wordlists import ADJECTIVES, FUNCTION_WORDS, NOUNS, VERBS
 
+# The shipped vocabulary was trained on RULER's 2024 VT answer prefix, typo included; the
+# corpus keeps it so the file (and the ids the trained tiny presets were trained with) stay put.
+_CORPUS_VT_ANSWER_PREFIX = rc.VT_ANSWER_PREFIX.replace("are assigned the value", "are assgined the value")
+
 VOCAB_SIZE = 4096  # specials + 256 byte symbols + merges; a tiny model with vocab 4096 fits it
 
 
@@ -40,7 +44,7 @@ def _template_lines() -> Iterator[str]:
             query = random_value("words", rng)
             yield (rc.NIAH_TEMPLATE + rc.NIAH_ANSWER_PREFIX).format(
                 type_needle_v=noun, context=essay_sentence(rng), query=query)
-    yield (rc.VT_TEMPLATE + rc.VT_ANSWER_PREFIX).format(context=NOISE_SENTENCE, query="12345", num_v=5)
+    yield (rc.VT_TEMPLATE + _CORPUS_VT_ANSWER_PREFIX).format(context=NOISE_SENTENCE, query="12345", num_v=5)
     yield rc.CWE_TEMPLATE.format(context="1. apple 2. pear") + rc.CWE_ANSWER_PREFIX
     yield rc.FWE_TEMPLATE.format(context="... abcdef") + rc.FWE_ANSWER_PREFIX
     yield rc.QA_TEMPLATE.format(context=rc.QA_DOCUMENT.format(i=1, document="Text."), query="Who?") + rc.QA_ANSWER_PREFIX

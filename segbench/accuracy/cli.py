@@ -1,7 +1,12 @@
 """`segbench data ruler ...`: write RULER samples to a JSONL file.
 
     segbench data ruler --task niah_single_2 --length 8192 --n 50 --tokenizer tiny \
-        --out niah_single_2-8k.jsonl [--seed 0] [--haystack essays.txt] [--data-dir qa_data/]
+        --out niah_single_2-8k.jsonl [--seed 0] [--haystack essays.txt] [--data-dir qa_data/] \
+        [--chat-template auto|true|false] [--ids]
+
+Each row's token ids are `segbench.accuracy.ruler.sample_token_ids(tokenizer, row)` (the
+tokenizer's BOS included, `length` of them); `--ids` writes them into the row as `input_ids`,
+the same ids an accuracy cell feeds the model for that sample.
 
 User errors (bad arguments, missing data, an unusable tokenizer or output path) print one
 line to stderr and return 2; nothing here prints a traceback for them.
@@ -52,6 +57,10 @@ def _parser() -> _Parser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--haystack", type=Path, default=None, help="essay text (.txt, or .json with a 'text' field)")
     p.add_argument("--data-dir", type=Path, default=None, help="folder with the SQuAD / HotpotQA dev files (qa_1, qa_2)")
+    p.add_argument("--chat-template", choices=("auto", "true", "false"), default="auto",
+                   help="wrap the task in the tokenizer's chat template; auto: yes for an instruct/chat "
+                        "checkpoint folder whose tokenizer has one (RULER's choice per model family)")
+    p.add_argument("--ids", action="store_true", help="also write each prompt's token ids (input_ids)")
     return p
 
 
@@ -66,8 +75,9 @@ def data_ruler_main(argv: list[str]) -> int:
         return int(exc.code or 0)
 
     # Imported here so `--help` and argument errors stay instant (transformers is slow to import).
+    from segbench.accuracy.chat import NoChatTemplate, resolve_chat_template
     from segbench.accuracy.fit import LengthError
-    from segbench.accuracy.ruler import generate
+    from segbench.accuracy.ruler import generate, sample_token_ids
     from segbench.accuracy.tokenizer import load_tokenizer
 
     try:
@@ -76,8 +86,14 @@ def data_ruler_main(argv: list[str]) -> int:
         print(f"{PROG}: error: can't load tokenizer {args.tokenizer!r}: {_one_line(exc)}", file=sys.stderr)
         return 2
     try:
+        asked = {"auto": None, "true": True, "false": False}[args.chat_template]
+        chat = resolve_chat_template(asked, args.tokenizer, tokenizer)
+    except NoChatTemplate as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    try:
         samples = generate(args.task, args.length, args.n, tokenizer, seed=args.seed,
-                           haystack_path=args.haystack, data_dir=args.data_dir)
+                           haystack_path=args.haystack, data_dir=args.data_dir, chat_template=chat)
     except DataUnavailable as exc:
         print(f"{PROG}: data unavailable: {exc.reason}", file=sys.stderr)
         return 2
@@ -89,6 +105,8 @@ def data_ruler_main(argv: list[str]) -> int:
         tmp = args.out.with_name(args.out.name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             for sample in samples:
+                if args.ids:
+                    sample = {**sample, "input_ids": sample_token_ids(tokenizer, sample)}
                 f.write(json.dumps(sample, ensure_ascii=False) + "\n")
         os.replace(tmp, args.out)  # no half-written file if we are interrupted
     except OSError as exc:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from segbench.accuracy import longbench, ruler, scoring
+from segbench.accuracy.chat import NoChatTemplate, resolve_chat_template
 from segbench.accuracy.errors import DataUnavailable
 from segbench.accuracy.ruler_config import TASK_SPECS
 from segbench.accuracy.stats import bootstrap_ci, wilson_interval
@@ -37,38 +38,73 @@ def tokenizer_for(model: str):
     return load_tokenizer(model if is_local_path(model) else "tiny")
 
 
-def build_samples(task: str, context_len: int, options: dict, tokenizer) -> list[Sample]:
+# LongBench-E's length buckets (eval.py `scorer_e`: the record's `length`, in words).
+LONGBENCH_E_BUCKETS = ("0-4k", "4-8k", "8k+")
+BUCKET_COLUMNS = {"0-4k": "score_0_4k", "4-8k": "score_4_8k", "8k+": "score_8k_plus"}
+
+
+def longbench_e_bucket(length: int) -> str:
+    return "0-4k" if length < 4000 else "4-8k" if length < 8000 else "8k+"
+
+
+def build_samples(task: str, context_len: int, options: dict, tokenizer, model: str = "tiny") -> list[Sample]:
+    """The samples of one task at one context length, as token ids the model reads.
+
+    `options` are the suite's task options (n, seed, data_dir, haystack, chat_template, scorer);
+    `model` names the checkpoint, for the chat-template default of its family."""
     benchmark, name = task.split("/", 1)
     n, seed = options.get("n", 8), options.get("seed", 0)
     try:
+        chat = resolve_chat_template(options.get("chat_template"), model, tokenizer)
         if benchmark == "ruler":
             max_new = TASK_SPECS[name].max_new_tokens
             # RULER's sequence length covers the answer too: the prompt gets what is left.
             raw = ruler.generate(name, context_len - max_new, n, tokenizer, seed=seed,
-                                 haystack_path=options.get("haystack"), data_dir=options.get("data_dir"))
+                                 haystack_path=options.get("haystack"), data_dir=options.get("data_dir"),
+                                 chat_template=chat)
             return [
-                Sample(i, tokenizer(s["input"], add_special_tokens=False)["input_ids"], list(s["outputs"]),
-                       s["max_new_tokens"], s.get("answer_prefix", ""),
-                       {"metric": s["metric"], "haystack": s.get("haystack"), "length": s["length"]})
+                # The ids the length fit counted (BOS included): `segbench data ruler` writes the same.
+                Sample(i, ruler.sample_token_ids(tokenizer, s), list(s["outputs"]), s["max_new_tokens"],
+                       s.get("answer_prefix", ""),
+                       {"metric": s["metric"], "haystack": s.get("haystack"), "length": s["length"],
+                        "chat_template": chat})
                 for i, s in enumerate(raw)
             ]
-        if benchmark == "longbench":
-            records = longbench.load_longbench(name, options.get("data_dir"))[:n]
+        if benchmark in ("longbench", "longbench_e"):
+            e = benchmark == "longbench_e"
+            records = longbench.load_longbench(name, options.get("data_dir"), e=e)
+            if e:
+                # n per length bucket, in file order: LongBench-E is built to cover all three.
+                taken = {b: 0 for b in LONGBENCH_E_BUCKETS}
+                chosen = []
+                for rec in records:
+                    bucket = longbench_e_bucket(rec["length"])
+                    if taken[bucket] < n:
+                        taken[bucket] += 1
+                        chosen.append(rec)
+                records = chosen
+            else:
+                records = records[:n]
             out = []
             for i, rec in enumerate(records):
-                built = longbench.build_longbench_input(name, rec, tokenizer, context_len - _max_new_lb(name))
+                built = longbench.build_longbench_input(name, rec, tokenizer, context_len - _max_new_lb(name),
+                                                        use_chat_template=chat)
+                extra = {"all_classes": rec.get("all_classes"), "truncated": built["truncated"],
+                         "chat_template": built["chat_template"]}
+                if e:
+                    extra.update(length=rec["length"], bucket=longbench_e_bucket(rec["length"]))
                 out.append(Sample(i, list(built["input_ids"]), list(rec["answers"]), built["max_new_tokens"],
-                                  extra={"all_classes": rec.get("all_classes"), "truncated": built["truncated"]}))
+                                  extra=extra))
             return out
         if benchmark == "longbench_v2":
             records = longbench.load_longbench_v2(options.get("data_dir"))[:n]
             out = []
             for i, rec in enumerate(records):
-                built = longbench.build_longbench_v2_input(rec, tokenizer, context_len - 128)
+                built = longbench.build_longbench_v2_input(rec, tokenizer, context_len - 128, use_chat_template=chat)
                 out.append(Sample(i, list(built["input_ids"]), [rec["answer"]], built.get("max_new_tokens", 128),
-                                  extra={"truncated": built.get("truncated")}))
+                                  extra={"truncated": built.get("truncated"), "chat_template": built["chat_template"]}))
             return out
-    except DataUnavailable as e:
+    except (DataUnavailable, NoChatTemplate) as e:
         raise Unsupported(str(e)) from None
     raise Unsupported(f"unknown benchmark {benchmark!r}")
 
@@ -87,10 +123,18 @@ def score_sample(task: str, sample: Sample, prediction: str) -> float:
         per_sample = (scoring.string_match_part_per_sample if metric == "string_match_part"
                       else scoring.string_match_all_per_sample)
         return per_sample([pred], [sample.references])[0]
-    if benchmark == "longbench":
+    if benchmark in ("longbench", "longbench_e"):
         return scoring.longbench_sample_score(name, prediction, sample.references,
                                               all_classes=(sample.extra or {}).get("all_classes"))
     return 1.0 if scoring.longbench_v2_judge(prediction, sample.references[0]) else 0.0
+
+
+def skipped_by_scorer(task: str, options: dict, prediction: str) -> bool:
+    """LongBench v2's official pred.py drops a question whose output is empty (`if output == '':
+    continue`): it is never written, so result.py's accuracy leaves it out. `scorer: strict`
+    counts it wrong instead."""
+    return (task.startswith("longbench_v2/") and options.get("scorer", "official") == "official"
+            and prediction == "")
 
 
 def interval(scores: list[float]) -> tuple[float, float]:
@@ -100,14 +144,20 @@ def interval(scores: list[float]) -> tuple[float, float]:
     return bootstrap_ci(scores)
 
 
+def _mean(scores: list[float]) -> float | None:
+    return statistics.fmean(scores) if scores else None
+
+
 def run_task(cell, method, model, device: str, run_once, nvml=None) -> tuple[dict, list[dict], list[dict]]:
     """Score one (method, context, task) cell; returns row fields and per-sample predictions."""
     tokenizer = tokenizer_for(cell.model)
-    samples = build_samples(cell.task, cell.context_len, dict(cell.task_options), tokenizer)
+    options = dict(cell.task_options)
+    samples = build_samples(cell.task, cell.context_len, options, tokenizer, model=cell.model)
     if not samples:
         raise Unsupported(f"{cell.task}: no samples")
     eos = tokenizer.eos_token_id
     scores, predictions, runs = [], [], []
+    buckets: dict[str, list[float]] = {b: [] for b in LONGBENCH_E_BUCKETS}
     for s in samples:
         ids = torch.tensor([s.input_ids], dtype=torch.long, device=device)
         run = run_once(method, model, ids, s.max_new_tokens - 1, device, eos_id=eos, keep=s.max_new_tokens,
@@ -115,19 +165,27 @@ def run_task(cell, method, model, device: str, run_once, nvml=None) -> tuple[dic
         runs.append(run)
         generated = run["output_token_ids"]
         text = tokenizer.decode(generated, skip_special_tokens=True)
+        record = {"index": s.index, "prompt_tokens": len(s.input_ids), "references": s.references,
+                  "prediction": text, **(s.extra or {})}
+        if skipped_by_scorer(cell.task, options, text):
+            predictions.append({**record, "score": None, "skipped": "empty output (official LongBench v2)"})
+            continue
         score = score_sample(cell.task, s, text)
         scores.append(score)
-        predictions.append({"index": s.index, "prompt_tokens": len(s.input_ids), "references": s.references,
-                            "prediction": text, "score": score, **(s.extra or {})})
-    low, high = interval(scores)
+        if s.extra and "bucket" in s.extra:
+            buckets[s.extra["bucket"]].append(score)
+        predictions.append({**record, "score": score})
+    low, high = interval(scores) if scores else (None, None)
     ttfts = [r["ttft_s"] for r in runs]
     fields = {
         "n": len(scores),
-        "score": statistics.fmean(scores),
+        "score": _mean(scores),  # a fraction in [0, 1]; reports show it x100
         "score_ci_low": low,
         "score_ci_high": high,
         "ttft_s": statistics.median(ttfts),
         "ttft_s_all": ttfts,
         "output_token_ids": runs[0]["output_token_ids"][:32],
     }
+    if cell.task.startswith("longbench_e/"):
+        fields.update({BUCKET_COLUMNS[b]: _mean(v) for b, v in buckets.items()})
     return fields, runs, predictions

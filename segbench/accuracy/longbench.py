@@ -23,7 +23,9 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from segbench.accuracy import longbench_config as cfg
+from segbench.accuracy.chat import chat_prompt, has_chat_template
 from segbench.accuracy.errors import DataUnavailable
+from segbench.accuracy.tokenizer import encode
 
 __all__ = [
     "load_longbench", "load_longbench_v2", "truncate_middle", "longbench_prompt", "longbench_v2_prompt",
@@ -142,18 +144,13 @@ def longbench_v2_prompt(record: dict[str, Any], cot: bool = False) -> str:
     return template
 
 
-def _has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
 def _finish(tokenizer: PreTrainedTokenizerBase, text: str, chat: bool) -> tuple[str, list[int], bool]:
     """Wrap in the chat template when asked and available; return (prompt, ids, applied)."""
-    if chat and _has_chat_template(tokenizer):
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                               add_generation_prompt=True)
+    if chat and has_chat_template(tokenizer):
+        prompt = chat_prompt(tokenizer, text)
         # The template already wrote its special tokens (BOS etc.) into the text.
-        return prompt, list(tokenizer(prompt, add_special_tokens=False)["input_ids"]), True
-    return text, list(tokenizer(text)["input_ids"]), False
+        return prompt, encode(tokenizer, prompt, add_special_tokens=False), True
+    return text, encode(tokenizer, text), False
 
 
 def build_longbench_input(dataset: str, record: dict[str, Any], tokenizer: PreTrainedTokenizerBase,

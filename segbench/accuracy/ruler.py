@@ -8,9 +8,15 @@ and, from 4K up, within 1% of it; the same arguments give the same samples. Diff
 running RULER itself, all deliberate:
 
 - `length` is the prompt's budget. RULER's `max_seq_length` also covers the generated
-  tokens; to reproduce a RULER length L exactly, pass L - max_new_tokens.
+  tokens; to reproduce a RULER length L exactly, pass L - max_new_tokens (settings that RULER
+  picks by `max_seq_length`, CWE's repeat counts and FWE's vocabulary, use length + max_new_tokens).
 - `input` is the whole prompt, answer prefix included (RULER's jsonl splits it off into its
   own field; ours keeps both, and `input.endswith(answer_prefix)`).
+- The model reads `sample_token_ids(tokenizer, sample)`: the tokenizer's own special tokens
+  (a Llama BOS) included, exactly the tokens `length` counts. With `chat_template=True` the
+  task is the user turn of the tokenizer's chat template and the answer prefix, stripped,
+  starts the assistant turn (RULER's current route through NeMo-Skills); the template writes
+  its own BOS, so nothing is added to it.
 - The haystack is sized to the character, ending on a word boundary where one is near,
   until the prompt is within 0.1% of the budget (RULER: steps of 25 sentences or 500 words).
 - Essay tasks read `haystack_path` (RULER uses Paul Graham's essays); without one they use
@@ -26,6 +32,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from segbench.accuracy import ruler_config as rc
+from segbench.accuracy.chat import NoChatTemplate, chat_prompt, has_chat_template
 from segbench.accuracy.errors import DataUnavailable
 from segbench.accuracy.fit import LengthError, fit_to_budget
 from segbench.accuracy.ruler_config import RULER_TASKS
@@ -38,9 +45,9 @@ from segbench.accuracy.ruler_synthetic import (
     TaskBuilder,
     VariableTrackingBuilder,
 )
-from segbench.accuracy.tokenizer import count_tokens, load_tokenizer
+from segbench.accuracy.tokenizer import count_tokens, encode, load_tokenizer
 
-__all__ = ["RULER_TASKS", "DataUnavailable", "LengthError", "generate"]
+__all__ = ["RULER_TASKS", "DataUnavailable", "LengthError", "generate", "sample_token_ids"]
 
 # A sample is never over its budget and, unless the data runs out, within this fraction of it.
 LENGTH_TOLERANCE = 0.01
@@ -53,7 +60,7 @@ def _builder(spec: rc.TaskSpec, length: int, seed: int, count: Any, haystack_pat
     if spec.family == "niah":
         return NiahBuilder(spec, length=length, seed=seed, haystack_path=haystack_path)
     if spec.family == "variable_tracking":
-        return VariableTrackingBuilder(spec, length=length, seed=seed, count=count)
+        return VariableTrackingBuilder(spec, length=length, seed=seed, count=partial(count, add_special_tokens=False))
     if spec.family == "common_words_extraction":
         return CommonWordsBuilder(spec, length=length, seed=seed)
     if spec.family == "freq_words_extraction":
@@ -69,13 +76,15 @@ def generate(
     seed: int = 0,
     haystack_path: str | Path | None = None,
     data_dir: str | Path | None = None,
+    chat_template: bool = False,
 ) -> list[dict[str, Any]]:
     """`n` samples of RULER task `task` whose prompts fit `length` tokens of `tokenizer`.
 
     `tokenizer` is a loaded tokenizer, "tiny"/"tiny-*" (the shipped BPE) or a local path.
     Raises ValueError for an unknown task or bad numbers, LengthError (a ValueError) when
     the task's fixed text alone exceeds `length`, and DataUnavailable when qa_1/qa_2 lack
-    their files in `data_dir` (or `haystack_path` is given but unreadable).
+    their files in `data_dir` (or `haystack_path` is given but unreadable), and NoChatTemplate
+    (a ValueError) for `chat_template=True` with a tokenizer that has none.
     """
     if task not in rc.TASK_SPECS:
         raise ValueError(f"unknown RULER task {task!r}; known: {', '.join(RULER_TASKS)}")
@@ -85,13 +94,18 @@ def generate(
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
     spec = rc.TASK_SPECS[task]
     tok = tokenizer if isinstance(tokenizer, PreTrainedTokenizerBase) else load_tokenizer(tokenizer)
-    count = partial(count_tokens, tok)
-    builder = _builder(spec, length, seed, count, haystack_path, data_dir)
+    if chat_template and not has_chat_template(tok):
+        raise NoChatTemplate("chat_template=True, but the tokenizer has no chat template")
+    builder = _builder(spec, length, seed, partial(count_tokens, tok), haystack_path, data_dir)
+    # The fit counts exactly the ids the model will read (sample_token_ids).
+    count = partial(count_tokens, tok, add_special_tokens=not chat_template)
 
     samples: list[dict[str, Any]] = []
     hint = 256  # a cheap first probe to measure tokens per unit; later samples start from the last fit
     for index in range(n):
         render, max_amount = builder.sample(index)
+        if chat_template:
+            render = _in_chat(render, tok)
         fit = fit_to_budget(render, count, length, hint=hint, max_amount=max_amount,
                             slack=int(length * SEARCH_SLACK))
         if max_amount is not None and fit.amount == max_amount and fit.tokens < (1 - LENGTH_TOLERANCE) * length:
@@ -111,5 +125,27 @@ def generate(
             "haystack": builder.haystack,
             "metric": spec.metric,
             "seed": seed,
+            "chat_template": chat_template,
         })
     return samples
+
+
+def _in_chat(render, tok: PreTrainedTokenizerBase):
+    """The task (without its answer prefix) as the chat's user turn; the answer prefix, stripped,
+    opens the assistant turn, as NeMo-Skills' RULER evaluation prefills it."""
+
+    def wrapped(amount: int) -> tuple[str, Rendered]:
+        _, r = render(amount)
+        task = r.prompt[: len(r.prompt) - len(r.answer_prefix)]
+        prefix = r.answer_prefix.strip()
+        prompt = chat_prompt(tok, task) + prefix
+        return prompt, Rendered(prompt, prefix, r.outputs)
+
+    return wrapped
+
+
+def sample_token_ids(tokenizer: PreTrainedTokenizerBase, sample: dict[str, Any]) -> list[int]:
+    """The token ids the model reads for a sample of `generate`: `input` with the tokenizer's
+    own special tokens (its BOS), or, for a chat-templated sample, as the template wrote it.
+    `len(...) == sample["length"]`, the count the length fit used."""
+    return encode(tokenizer, sample["input"], add_special_tokens=not sample.get("chat_template", False))

@@ -1,16 +1,22 @@
 """RULER's task definitions, as data (NVIDIA/RULER `scripts/data/synthetic/constants.py` and
 `scripts/synthetic.yaml`).
 
+Version followed: RULER's current main (`RULER_VERSION`), the scripts NeMo-Skills'
+`ns prepare_data ruler` clones, i.e. after the 2025-05-13 fix of the VT answer prefix's
+"assgined" typo. Published numbers from before that date were measured with the typo; the
+one-word difference sits in the answer prefix of one task.
+
 The prompt templates, answer prefixes and generation lengths are RULER's, character for
-character (including its "assgined" typo), because published RULER numbers were measured with
-exactly these prompts. RULER appends the answer prefix to the task template before filling
-it; so do we.
+character, because published RULER numbers were measured with exactly these prompts. RULER
+appends the answer prefix to the task template before filling it; so do we.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+RULER_VERSION = "NVIDIA/RULER main, after the 2025-05-13 VT answer-prefix typo fix"
 
 NIAH_TEMPLATE = (
     "Some special magic {type_needle_v} are hidden within the following text. Make sure to memorize it. "
@@ -26,7 +32,7 @@ VT_TEMPLATE = (
 )
 VT_ANSWER_PREFIX = (
     " Answer: According to the chain(s) of variable assignment in the text above, "
-    "{num_v} variables are assgined the value {query}, they are: "
+    "{num_v} variables are assigned the value {query}, they are: "
 )
 
 CWE_TEMPLATE = (

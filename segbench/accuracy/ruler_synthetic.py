@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -158,82 +159,102 @@ class NiahBuilder(TaskBuilder):
 
 # --- variable tracking --------------------------------------------------------------------
 
-VT_NOISE_UNIT = NOISE_SENTENCE + "\n"
-VT_ICL_BUDGET = 500  # RULER fits its in-context example to 500 tokens, generation included
+VT_ICL_BUDGET = 500  # RULER fits its in-context example to 500 tokens (prompt, answer prefix included)
+VT_ICL_VALUE = "12345"  # RULER's example chain starts at this value; each sample re-draws it
 
 
-def _vt_chains(rng: random.Random, num_chains: int, num_hops: int, name_len: int) -> tuple[list[list[str]], list[list[str]]]:
+def _vt_names(rng: random.Random, count: int, name_len: int, avoid: set[str] = frozenset()) -> list[str]:
     names: list[str] = []
-    while len(names) < num_chains * (num_hops + 1):
+    while len(names) < count:
         name = "".join(rng.choices(string.ascii_uppercase, k=name_len))
-        if name not in names:
+        # "VAR" is the keyword every assignment starts with: a variable of that name would make
+        # the chain ambiguous (RULER can draw it; the odds are 1 in 17576 per 3-letter name).
+        if name not in names and name not in avoid and name != "VAR":
             names.append(name)
+    return names
+
+
+def _vt_chains(rng: random.Random, num_chains: int, num_hops: int, name_len: int,
+               value: str | None = None) -> tuple[list[list[str]], list[list[str]]]:
+    names = _vt_names(rng, num_chains * (num_hops + 1), name_len)
     groups = [names[i: i + num_hops + 1] for i in range(0, len(names), num_hops + 1)]
     chains = []
     for group in groups:
-        chain = [f"VAR {group[0]} = {rng.randint(10000, 99998)}"]
+        root = value if value is not None else str(rng.randint(10000, 99998))  # numpy's [10000, 99999)
+        chain = [f"VAR {group[0]} = {root}"]
         chain += [f"VAR {group[j + 1]} = VAR {group[j]} " for j in range(num_hops)]
         chains.append(chain)
     return groups, chains
 
 
 class VariableTrackingBuilder(TaskBuilder):
+    """RULER's current VT: noise sentences one per line with the chain statements among them,
+    after one in-context example.
+
+    The example is RULER's: the base template with its answer prefix and answer, unchanged
+    (newlines kept; RULER's 2024 scripts instead dropped the template's last word and collapsed
+    its whitespace whenever a model template wrapped the task), 3-letter names, at most 10 hops,
+    root value 12345, fitted once to 500 tokens; each sample re-draws its names and value
+    (RULER's `randomize_icl`). It is followed by one blank line and the task.
+    """
+
     haystack = "noise"
 
     def __init__(self, spec: rc.TaskSpec, *, length: int, seed: int, count: Callable[[str], int]) -> None:
         super().__init__(spec, length=length, seed=seed)
         self.num_chains: int = spec.args["num_chains"]
         self.num_hops: int = spec.args["num_hops"]
-        self.count = count
-        self._icl: str | None = None
+        self.count = count  # tokens without special tokens, as RULER's `text_to_tokens` counts
+        self._icl: tuple[str, list[str]] | None = None
 
     def _renderer(self, rng: random.Random, *, icl: bool) -> Render:
-        # RULER's in-context example uses 3-letter names and at most 10 hops.
         hops = min(10, self.num_hops) if icl else self.num_hops
-        groups, chains = _vt_chains(rng, self.num_chains, hops, 3 if icl else 5)
+        groups, chains = _vt_chains(rng, self.num_chains, hops, 3 if icl else 5,
+                                    value=VT_ICL_VALUE if icl else None)
         spots = [sorted(rng.random() for _ in chain) for chain in chains]
-        stream = repeating(VT_NOISE_UNIT)
+        stream = repeating(NOISE_SENTENCE)
         value = chains[0][0].split("=")[-1].strip()
-        if icl:
-            # RULER strips the model template off the example by dropping the last word before
-            # the answer prefix; with the base template that word is "above.". Kept as is.
-            template = " ".join(rc.VT_TEMPLATE.split()[:-1])
-        else:
-            template = rc.VT_TEMPLATE
         prefix = rc.VT_ANSWER_PREFIX.format(num_v=hops + 1, query=value)
 
         def render(amount: int) -> tuple[str, Rendered]:
-            sentences = stream.take(amount)
+            # The example is RULER's whole noise lines; the task's noise is sized to the character.
+            sentences = [NOISE_SENTENCE] * amount if icl else stream.take(amount)
             for chain, chain_spots in zip(chains, spots, strict=True):
                 slots = [int(s * len(sentences)) for s in chain_spots]
                 for j, (slot, statement) in enumerate(zip(slots, chain, strict=True)):
                     sentences.insert(slot + j, statement)
-            context = " ".join(sentences).replace(". \n", ".\n")
-            return _rendered(template.format(context=context, query=value), prefix, list(groups[0]))
+            context = "\n".join(sentences).replace(". \n", ".\n")
+            return _rendered(rc.VT_TEMPLATE.format(context=context, query=value), prefix, list(groups[0]))
 
         return render
 
-    def _icl_example(self) -> str:
+    def _icl_example(self) -> tuple[str, list[str]]:
+        """(example text, its names): prompt, a space, the names, a newline, as RULER writes it."""
         if self._icl is None:
             render = self._renderer(random.Random(f"ruler:vt-icl:{self.seed}"), icl=True)
-
-            def with_answer(amount: int) -> tuple[str, Rendered]:
-                prompt, r = render(amount)
-                return prompt + " " + " ".join(r.outputs), r
-
-            budget = VT_ICL_BUDGET - self.spec.max_new_tokens
-            fit = fit_to_budget(with_answer, self.count, budget)
+            fit = fit_to_budget(render, self.count, VT_ICL_BUDGET, hint=8)  # amount: noise lines
             example: Rendered = fit.value  # type: ignore[assignment]
-            self._icl = example.prompt + " " + " ".join(example.outputs) + "\n\n"
+            self._icl = (example.prompt + " " + " ".join(example.outputs) + "\n", list(example.outputs))
         return self._icl
 
+    def _randomized_icl(self, rng: random.Random) -> str:
+        """The example with fresh names (same lengths) and a fresh root value, replaced everywhere
+        at once (RULER replaces one name at a time, which can rename a name twice in a collision)."""
+        text, names = self._icl_example()
+        fresh = _vt_names(rng, len(names), len(names[0]), avoid=set(names))
+        mapping = dict(zip(names, fresh, strict=True))
+        mapping[VT_ICL_VALUE] = str(rng.randint(10000, 99998))
+        pattern = re.compile(r"\b(" + "|".join(map(re.escape, mapping)) + r")\b")
+        return pattern.sub(lambda m: mapping[m.group(0)], text)
+
     def sample(self, index: int) -> tuple[Render, int | None]:
-        icl = self._icl_example()
-        inner = self._renderer(random.Random(self.sample_seed(index)), icl=False)
+        rng = random.Random(self.sample_seed(index))
+        icl = self._randomized_icl(random.Random(self.sample_seed(index) + ":icl"))
+        inner = self._renderer(rng, icl=False)
 
         def render(amount: int) -> tuple[str, Rendered]:
             _, r = inner(amount)
-            prompt = " " + icl + "\n\n" + r.prompt  # RULER puts the example before the task
+            prompt = icl + "\n" + r.prompt  # RULER: the example, then the task
             return prompt, Rendered(prompt, r.answer_prefix, r.outputs)
 
         return render, None
@@ -243,6 +264,11 @@ class VariableTrackingBuilder(TaskBuilder):
 
 def _numbered(words: list[str]) -> str:
     return " ".join(f"{i + 1}. {w}" for i, w in enumerate(words))
+
+
+# RULER picks its short-context repeat counts when `max_seq_length` (prompt + tokens to
+# generate) is below this; the 4K cell is not short.
+CWE_SHORT_BELOW = 4096
 
 
 class CommonWordsBuilder(TaskBuilder):
@@ -255,8 +281,8 @@ class CommonWordsBuilder(TaskBuilder):
         super().__init__(spec, length=length, seed=seed)
         a = spec.args
         self.num_cw: int = a["num_cw"]
-        # RULER's repeat counts for short targets, for the example and for the task itself.
-        if length < 4096:
+        # RULER's repeat counts, for the example and for the task, chosen by max_seq_length.
+        if length + spec.max_new_tokens < CWE_SHORT_BELOW:
             self.example_shape, self.cw, self.ucw = (20, 3, 1), 6, 1
         else:
             self.example_shape, self.cw, self.ucw = (40, 10, 3), a["freq_cw"], a["freq_ucw"]
@@ -272,7 +298,9 @@ class CommonWordsBuilder(TaskBuilder):
         sseed = self.sample_seed(index)
         n_ex, ex_cw, ex_ucw = self.example_shape
         ex_entries, ex_common = self._list(sseed + ":example", sseed + ":example-order", n_ex, ex_cw, ex_ucw)
-        example = rc.CWE_TEMPLATE.format(context=_numbered(ex_entries)) + rc.CWE_ANSWER_PREFIX + _numbered(ex_common)
+        # RULER's one-shot example: the filled template, its answer prefix, a space, the answer.
+        example = (rc.CWE_TEMPLATE.format(context=_numbered(ex_entries)) + rc.CWE_ANSWER_PREFIX + " "
+                   + _numbered(ex_common))
 
         def render(amount: int) -> tuple[str, Rendered]:
             n_uncommon = -(-amount // self.ucw)
@@ -314,7 +342,8 @@ class FreqWordsBuilder(TaskBuilder):
     def __init__(self, spec: rc.TaskSpec, *, length: int, seed: int) -> None:
         super().__init__(spec, length=length, seed=seed)
         self.alpha: float = spec.args["alpha"]
-        self.vocab_size = max(length // 50, 10)  # RULER: max_seq_length // 50
+        # RULER: max_seq_length // 50, and max_seq_length counts the tokens to generate too.
+        self.vocab_size = max((length + spec.max_new_tokens) // 50, 10)
         self.zeta = riemann_zeta(self.alpha)
 
     def sample(self, index: int) -> tuple[Render, int | None]:

@@ -48,9 +48,10 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(name, local_files_only=True)
 
 
-def count_tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
-    """Tokens the model receives for `text`, with the special tokens the tokenizer adds itself
-    (a Llama tokenizer's BOS counts; the tiny BPE adds none)."""
+def encode(tokenizer: PreTrainedTokenizerBase, text: str, *, add_special_tokens: bool = True) -> list[int]:
+    """The token ids the model receives for `text`: with the special tokens the tokenizer adds
+    itself (a Llama tokenizer's BOS; the tiny BPE adds none) unless `add_special_tokens` is
+    false (a chat-templated prompt already holds its own)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         # Straight to the Rust tokenizer: same ids as tokenizer(text), without the Python
@@ -58,6 +59,11 @@ def count_tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
         # offsets; the length search tokenizes whole prompts several times per sample.
         fast = getattr(backend, "encode_batch_fast", None)
         if fast is not None:
-            return len(fast([text], add_special_tokens=True)[0].ids)
-        return len(backend.encode(text, add_special_tokens=True).ids)
-    return len(tokenizer(text, add_special_tokens=True)["input_ids"])
+            return list(fast([text], add_special_tokens=add_special_tokens)[0].ids)
+        return list(backend.encode(text, add_special_tokens=add_special_tokens).ids)
+    return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+
+def count_tokens(tokenizer: PreTrainedTokenizerBase, text: str, *, add_special_tokens: bool = True) -> int:
+    """len(encode(...)): the length fit and the model input count the same tokens."""
+    return len(encode(tokenizer, text, add_special_tokens=add_special_tokens))
