@@ -20,11 +20,13 @@ from segbench.dashboard import (
     page_consistency,
     page_pareto,
     page_scaling,
+    page_timeline,
 )
 
 PAGES = {
     "Pareto": page_pareto.render,
     "Scaling": page_scaling.render,
+    "Timeline": page_timeline.render,
     "Cells": page_cells.render,
     "Compare runs": page_compare.render,
     "Consistency": None,  # reads the training summary, not the cell rows
@@ -46,8 +48,11 @@ def main() -> None:
     df, notes = common.load(dirs)
     with st.sidebar:
         st.title("segbench")
-        # A radio rather than st.navigation: AppTest drives it like any widget.
-        page = st.radio("Page", list(PAGES), key="page")
+        # A radio rather than st.navigation: AppTest drives it like any widget. `?page=Timeline`
+        # opens a page directly (links, scripts/screenshots.py).
+        asked = st.query_params.get("page")
+        first = list(PAGES).index(asked) if asked in PAGES else 0
+        page = st.radio("Page", list(PAGES), index=first, key="page")
     if page == "Consistency":
         page_consistency.render(dirs)
         return
