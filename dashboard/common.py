@@ -70,30 +70,35 @@ def chance_warning(df: pd.DataFrame) -> None:
         st.warning(f"⚠ {CHANCE_WARNING} (model_trained is false for some accuracy rows).")
 
 
+# Timings vary from process to process; memory and accuracy of one configuration barely do.
+TIMED_UNITS = ("s", "ms", "tok/s")
+
+
 def single_process_note(points: pd.DataFrame, keys: list[str]) -> None:
     """Say what the error bars are when no configuration was repeated in a fresh process.
 
     With one process per cell there is no run-to-run spread to show; a bare point would present a
     1 ms TTFT gap as decisive. The bars then span the process's own timings, which is said here.
     """
-    if points.empty or "n_repeats" not in points or (points["n_repeats"] > 1).any():
+    timed = [k for k in keys if an.metric_info(k).unit in TIMED_UNITS]
+    if not timed or points.empty or "n_repeats" not in points or (points["n_repeats"] > 1).any():
         return
     ranged = [
-        k for k in keys if (points.get(f"{k}_interval", pd.Series(dtype=str)) == an.INTERVAL_RANGE).any()
+        k for k in timed if (points.get(f"{k}_interval", pd.Series(dtype=str)) == an.INTERVAL_RANGE).any()
     ]
     bars = (
         f"The {', '.join(an.metric_info(k).label for k in ranged)} bars are the min–max of the timed "
-        "runs inside that one process, not a confidence interval."
+        "runs inside that one process, not a confidence interval. Differences smaller than the bars, "
+        "or than process-to-process variation (not measured here), are not decisive"
         if ranged
-        else "No point has an error bar."
+        else "There is no spread to show, so a small difference in time is not decisive"
     )
     st.info(
-        f"Each configuration ran in one process (workload.process_repeats = 1). {bars} Differences "
-        "smaller than the bars, or than process-to-process variation (not measured here), are not "
-        "decisive: set `process_repeats: 3` in the suite for 95% intervals."
+        f"Each configuration ran in one process (workload.process_repeats = 1). {bars}: set "
+        "`process_repeats: 3` in the suite for 95% intervals."
     )
 
 
 def metric_select(label: str, options: list[str], default: str | None, key: str) -> str:
     index = options.index(default) if default in options else 0
-    return st.selectbox(label, options, index=index, format_func=an.axis_title, key=key)
+    return st.selectbox(label, options, index=index, format_func=an.picker_label, key=key)

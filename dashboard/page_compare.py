@@ -62,7 +62,7 @@ def render(df: pd.DataFrame) -> None:
     run_a, run_b = df[df["run"] == a], df[df["run"] == b]
     present = _with_data(pd.concat([run_a, run_b]))
     metrics = st.multiselect(
-        "Metrics", list(COMPARED), default=present, format_func=an.axis_title, key="compare_metrics"
+        "Metrics", list(COMPARED), default=present, format_func=an.picker_label, key="compare_metrics"
     )
     if not metrics:
         return
@@ -72,5 +72,5 @@ def render(df: pd.DataFrame) -> None:
     st.dataframe(display_table(compared, metrics), hide_index=True)
     st.caption("B / A averaged over repeats; empty where either run lacks the value or A is 0.")
     plottable = [m for m in metrics if compared[f"{m}_ratio"].notna().any()] or metrics
-    key = st.selectbox("Plot the ratio of", plottable, format_func=an.axis_title, key="compare_plot_metric")
+    key = st.selectbox("Plot the ratio of", plottable, format_func=an.picker_label, key="compare_plot_metric")
     st.plotly_chart(ratio_figure(compared, key, "A", "B"), key="compare_chart")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
-from segbench.dashboard.common import single_process_note
+from segbench.dashboard.common import metric_select, single_process_note
 
 from segbench import analysis as an
 from segbench.figures import CHANCE_WARNING, STATUS_STYLE, pareto_figure
@@ -24,7 +24,7 @@ def _budget_controls(df: pd.DataFrame, axes: list[str], x: str) -> an.Budget | N
         "Budget on",
         costs,
         index=costs.index(x) if x in costs else 0,
-        format_func=an.axis_title,
+        format_func=an.picker_label,
         key="pareto_budget_col",
     )
     raw = pd.to_numeric(an.rows_for(df, column)[column]).dropna()
@@ -113,9 +113,7 @@ def _not_ok(view: an.ParetoView) -> None:
 
 
 def _metric(label: str, axes: list[str], default: str, key: str) -> str:
-    return st.selectbox(
-        label, axes, index=axes.index(default) if default in axes else 0, format_func=an.axis_title, key=key
-    )
+    return metric_select(label, axes, default, key)
 
 
 def _best_table(view: an.ParetoView) -> None:

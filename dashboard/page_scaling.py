@@ -20,7 +20,7 @@ def render(df: pd.DataFrame) -> None:
         return
     c1, c2 = st.columns([3, 1])
     with c1:
-        key = st.selectbox("Metric", metrics, format_func=an.axis_title, key="scaling_metric")
+        key = st.selectbox("Metric", metrics, format_func=an.picker_label, key="scaling_metric")
     with c2:
         log_y = st.checkbox("log y", value=an.metric_info(key).unit == "bytes", key="scaling_log_y")
     view = an.scaling_view(df, key)

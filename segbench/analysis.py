@@ -142,6 +142,12 @@ def from_display(value: float, key: str, unit: str | None = None) -> float:
     return value * scale if scale else value
 
 
+def picker_label(key: str) -> str:
+    """A metric's name in pickers: with its unit where that is fixed (s, ms, x100); memory without,
+    since its unit (MiB or GiB) depends on the data a figure shows, and the axis names it."""
+    return metric_info(key).label if metric_info(key).unit == "bytes" else axis_title(key)
+
+
 def format_bytes(n: float | None) -> str:
     """Binary units, so numbers match what nvidia-smi and torch report (GiB, not GB)."""
     if _missing(n):
