@@ -501,7 +501,9 @@ def scaling_figure(view: an.ScalingView, *, log_y: bool = False) -> go.Figure:
                 go.Scatter(
                     x=_values(e["context_len"]),
                     y=_values(an.to_display(e["estimate"], key, unit)),
-                    mode="lines",
+                    # A lone estimate (e.g. a method that failed at its only context) is no line.
+                    mode="lines" if len(e) > 1 else "markers",
+                    marker=dict(symbol="circle-open", size=10),
                     line=dict(color=colors[name], dash="dash"),
                     name=f"{name} (estimate)",
                     legendgroup=name,
