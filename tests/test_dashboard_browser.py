@@ -349,3 +349,27 @@ def test_html_report_draws_offline_in_chromium(report):
         finally:
             browser.close()
     assert len(drawn) == 9 and all(n > 0 for n in drawn)
+
+
+def test_html_report_header_and_no_phantom_failures(tmp_path):
+    """The shipped example through `segbench report --html`: every cell ok, so no failure strip and
+    no rows of None; the header names the source directory, host and commit."""
+    pytest.importorskip(
+        "plotly", reason="the dashboard extra is not installed: pip install 'segbench[dashboard]'"
+    )
+    suite = tmp_path / "results" / "cpu_smoke"
+    shutil.copytree(ROOT / "results" / "examples" / "cpu_smoke", suite)  # report rewrites its parquet
+    out = tmp_path / "report.html"
+    done = subprocess.run(
+        [sys.executable, "-m", "segbench.cli", "report", str(tmp_path / "results"), "--html", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    text = out.read_text(encoding="utf-8")
+    head = text[: text.index("Cells by status")]
+    assert str(suite) in head and "host vm" in head and "5e74ac94f062f537542f8133f6a7db761406fdca" in head
+    assert "cpu_smoke · 2026-11-23 17:13 · 5e74ac9" in head and "18 cells" in head
+    assert "one process" in head  # process_repeats = 1: the TTFT bars are said to be in-process spread
+    assert '"role":"failure"' not in text  # no failure strip: nothing failed
+    assert "Peak prefill memory (MiB)" in text and "Context length (tokens, log2)" in text
