@@ -42,6 +42,14 @@ def results_dirs() -> list[str]:
     return [p for p in env.split(os.pathsep) if p] or ["results"]
 
 
+def _shown(path: str) -> str:
+    """A results directory as the user would type it: relative to where the app runs, if inside."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve())) or "."
+    except ValueError:
+        return path
+
+
 def main() -> None:
     st.set_page_config(page_title="segbench", layout="wide")
     dirs = results_dirs()
@@ -58,7 +66,7 @@ def main() -> None:
         return
     with st.sidebar:
         shown = common.sidebar_filters(df)
-        st.caption(f"{len(shown)} of {len(df)} cells from {', '.join(dirs)}")
+        st.caption(f"{len(shown)} of {len(df)} cells from {', '.join(map(_shown, dirs))}")
         if st.button("Reload results", key="reload"):
             st.cache_data.clear()
             st.rerun()
