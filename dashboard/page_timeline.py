@@ -8,7 +8,7 @@ import streamlit as st
 
 from segbench import analysis as an
 from segbench import timeline as tl
-from segbench.figures import timeline_figure
+from segbench.timeline_figure import timeline_figure
 
 SOURCE_NAMES = {"cpu_rss": "process RSS (CPU)", "cuda_allocated": "torch allocated memory (GPU)"}
 

@@ -1,7 +1,8 @@
 """The data layer behind the dashboard and the HTML report: pure functions, pandas in, pandas out.
 
-Nothing here imports a UI package, so `segbench report` can use it on a bare GPU image. Result files
-are read as JSON or parquet only (never pickle, never eval): they may come from another machine.
+Nothing here imports a UI package, so `segbench report` can use it on a bare GPU image. Metric
+names and units live in segbench.metrics, reading results in segbench.loading; both are re-exported
+here, so callers keep one name (`from segbench import analysis as an`).
 """
 
 from __future__ import annotations
@@ -15,338 +16,40 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from segbench import runs, store
-from segbench.schema import COLUMN_BY_NAME, COLUMN_NAMES, STATUSES
-
-# ----------------------------------------------------------------------------------------------
-# Metric names and units
-# ----------------------------------------------------------------------------------------------
-
-GIB = 2**30
-
-
-@dataclass(frozen=True)
-class Metric:
-    """How a metric column is named, shown and judged."""
-
-    column: str
-    label: str
-    unit: str  # "bytes" | "s" | "ms" | "tok/s" | "score"
-    higher_is_better: bool
-
-
-METRICS: dict[str, Metric] = {
-    m.column: m
-    for m in (
-        Metric("peak_prefill_mem_bytes", "Peak prefill memory", "bytes", False),
-        Metric("peak_prefill_over_weights_bytes", "Peak prefill minus weights", "bytes", False),
-        Metric("kv_cache_bytes", "Stored KV cache", "bytes", False),
-        Metric("est_peak_prefill_bytes", "Estimated peak prefill memory", "bytes", False),
-        Metric("est_kv_cache_bytes", "Estimated KV cache", "bytes", False),
-        Metric("ttft_s", "TTFT", "s", False),
-        Metric("decode_ms_p50", "Decode latency p50", "ms", False),
-        Metric("decode_ms_p90", "Decode latency p90", "ms", False),
-        Metric("prefill_tokens_per_s", "Prefill tokens/s", "tok/s", True),
-        Metric("decode_tokens_per_s", "Decode tokens/s", "tok/s", True),
-        Metric("score", "Accuracy", "score", True),
-    )
-}
-
-# Measured column -> its analytic estimate, drawn dashed beside it.
-ESTIMATE_OF: dict[str, str] = {
-    "kv_cache_bytes": "est_kv_cache_bytes",
-    "peak_prefill_mem_bytes": "est_peak_prefill_bytes",
-}
-
-# An accuracy metric key names its task: "score:<task>". Accuracy lives on the task's own rows, so
-# "accuracy" alone would mix tasks whose scores mean different things.
-SCORE_PREFIX = "score:"
-
-# The metrics offered as Pareto axes (accuracy keys are added per task present in the data).
-PARETO_AXES: tuple[str, ...] = (
-    "peak_prefill_mem_bytes",
-    "peak_prefill_over_weights_bytes",
-    "kv_cache_bytes",
-    "ttft_s",
-    "decode_ms_p50",
-    "prefill_tokens_per_s",
-    "decode_tokens_per_s",
+from segbench import runs
+from segbench.loading import (  # noqa: F401 - re-exported: analysis is the data layer's one name
+    CELLS_DIR,
+    LOAD_NOTES,
+    RESULTS_PARQUET,
+    conform,
+    empty_results,
+    find_suite_dirs,
+    load_results,
 )
-
-
-def score_key(task: str) -> str:
-    return f"{SCORE_PREFIX}{task}"
-
-
-def is_score_key(key: str) -> bool:
-    return key.startswith(SCORE_PREFIX)
-
-
-def task_of(key: str) -> str | None:
-    """The task an accuracy key names, or None for a plain metric column."""
-    return key[len(SCORE_PREFIX) :] if is_score_key(key) else None
-
-
-def metric_info(key: str) -> Metric:
-    """The Metric for a column name or an accuracy key ("score:<task>")."""
-    task = task_of(key)
-    if task is not None:
-        return Metric(key, f"Accuracy ({task})", "score", True)
-    if key not in METRICS:
-        raise KeyError(f"unknown metric {key!r}; known: {', '.join(METRICS)} or score:<task>")
-    return METRICS[key]
-
-
-MIB = 2**20
-SCORE_UNIT = "×100"  # scores are stored as fractions in [0, 1]; published tables show them x100
-_SCALE = {"GiB": GIB, "MiB": MIB, SCORE_UNIT: 0.01}
-
-
-def _max_abs(values) -> float:
-    v = pd.to_numeric(pd.Series(np.ravel(np.asarray(values, dtype=object))), errors="coerce").abs()
-    return float(v.max()) if v.notna().any() else math.nan
-
-
-def display_unit(key: str, values=None) -> str:
-    """The unit a figure shows `key` in. Bytes follow format_bytes (the tables): MiB when every
-    value in `values` is below 1 GiB, else GiB (GiB without values). Scores are shown x100."""
-    unit = metric_info(key).unit
-    if unit == "bytes":
-        top = _max_abs(values) if values is not None else math.nan
-        return "MiB" if top < GIB else "GiB"  # NaN (no values) compares False: GiB
-    if unit == "score":
-        return SCORE_UNIT
-    return unit
-
-
-def axis_title(key: str, unit: str | None = None) -> str:
-    """ "Peak prefill memory (MiB)", "Accuracy (niah, ×100)": label and display unit."""
-    unit = display_unit(key) if unit is None else unit
-    label = metric_info(key).label
-    if unit and label.endswith(")"):
-        return f"{label[:-1]}, {unit})"
-    return f"{label} ({unit})" if unit else label
-
-
-def to_display(values: pd.Series | np.ndarray | float, key: str, unit: str | None = None):
-    """Raw values in a display unit (default: display_unit(key) without data, i.e. GiB, x100)."""
-    unit = display_unit(key) if unit is None else unit
-    scale = _SCALE.get(unit) if metric_info(key).unit in ("bytes", "score") else None
-    return values / scale if scale else values
-
-
-def from_display(value: float, key: str, unit: str | None = None) -> float:
-    """Inverse of to_display, for a threshold typed in display units (e.g. a MiB slider)."""
-    unit = display_unit(key) if unit is None else unit
-    scale = _SCALE.get(unit) if metric_info(key).unit in ("bytes", "score") else None
-    return value * scale if scale else value
-
-
-def picker_label(key: str) -> str:
-    """A metric's name in pickers: with its unit where that is fixed (s, ms, x100); memory without,
-    since its unit (MiB or GiB) depends on the data a figure shows, and the axis names it."""
-    return metric_info(key).label if metric_info(key).unit == "bytes" else axis_title(key)
-
-
-def format_bytes(n: float | None) -> str:
-    """Binary units, so numbers match what nvidia-smi and torch report (GiB, not GB)."""
-    if _missing(n):
-        return "–"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
-        value /= 1024
-    return f"{value:.2f} TiB"
-
-
-def format_value(key: str, value: float | None) -> str:
-    if value is None or pd.isna(value):
-        return "–"
-    unit = metric_info(key).unit
-    if unit == "bytes":
-        return format_bytes(value)
-    if unit == "score":
-        return f"{100 * value:.1f}"  # x100, as published tables show accuracy
-    return f"{value:.4g} {unit}"
-
-
-def format_tokens(n: int) -> str:
-    """Context lengths as people say them: 4096 -> 4K, 131072 -> 128K."""
-    n = int(n)
-    if n >= 1024 and n % 1024 == 0:
-        return f"{n // 1024}K"
-    return str(n)
-
-
-# ----------------------------------------------------------------------------------------------
-# Loading
-# ----------------------------------------------------------------------------------------------
-
-RESULTS_PARQUET = "results.parquet"
-CELLS_DIR = "cells"
-LOAD_NOTES = "load_notes"  # df.attrs key: human-readable problems found while loading
-
-
-def find_suite_dirs(path: str | Path) -> list[Path]:
-    """Suite directories at or under `path`; the store's own discovery, so report and dashboard agree."""
-    return store.suite_dirs(path)
-
-
-def _read_cells(cells_dir: Path, notes: list[str]) -> pd.DataFrame:
-    records = []
-    for f in sorted(cells_dir.glob("*.json")):
-        try:
-            obj = json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            # A cell being written right now, or a truncated one: skip it, say so.
-            notes.append(f"{f}: unreadable ({type(e).__name__}: {e})")
-            continue
-        if not isinstance(obj, dict):
-            notes.append(f"{f}: not a JSON object, skipped")
-            continue
-        records.append(obj)
-    return pd.DataFrame.from_records(records) if records else pd.DataFrame()
-
-
-def _read_suite(suite_dir: Path, notes: list[str]) -> pd.DataFrame:
-    parquet = suite_dir / RESULTS_PARQUET
-    if parquet.is_file():
-        cells = suite_dir / CELLS_DIR
-        if cells.is_dir():
-            newer = sum(1 for f in cells.glob("*.json") if f.stat().st_mtime > parquet.stat().st_mtime)
-            if newer:
-                notes.append(f"{parquet}: {newer} cell file(s) are newer; run `segbench report {suite_dir}`")
-        return pd.read_parquet(parquet)
-    return _read_cells(suite_dir / CELLS_DIR, notes)
-
-
-def _missing(value) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
-
-
-def _canonical_json(value):
-    """JSON columns become canonical text, so they can be grouped, merged and shown in tables."""
-    if _missing(value):
-        return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    if isinstance(value, np.ndarray):  # parquet list columns come back as arrays
-        value = value.tolist()
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def _to_bool(value):
-    if _missing(value):
-        return pd.NA
-    if isinstance(value, str):
-        low = value.strip().lower()
-        if low in ("true", "1", "yes"):
-            return True
-        if low in ("false", "0", "no"):
-            return False
-        return pd.NA
-    return bool(value)
-
-
-def _coerce(df: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
-    """Give every schema column its schema type; values that do not fit become missing, noted."""
-    out = {}
-    for name in COLUMN_NAMES:
-        s = df[name]
-        kind = COLUMN_BY_NAME[name].dtype
-        if kind in ("int", "float"):
-            num = pd.to_numeric(s, errors="coerce")
-            bad = int((num.isna() & s.notna()).sum())
-            if kind == "int":
-                fractional = num.notna() & (num != np.floor(num))
-                bad += int(fractional.sum())
-                num = num.where(~fractional).astype("Int64")
-            else:
-                num = num.astype("float64")
-            if bad:
-                notes.append(f"column {name}: {bad} value(s) are not {kind} and were dropped")
-            out[name] = num
-        elif kind == "bool":
-            out[name] = s.map(_to_bool).astype("boolean")
-        elif kind in ("json", "list[int]"):
-            out[name] = s.map(_canonical_json).astype(object)
-        else:
-            out[name] = s.map(lambda v: None if _missing(v) else str(v)).astype("str")
-    return pd.DataFrame(out, index=df.index)
-
-
-def empty_results() -> pd.DataFrame:
-    """A typed frame with every schema column, `source` and `run`, no rows."""
-    df = _coerce(pd.DataFrame({c: pd.Series([], dtype=object) for c in COLUMN_NAMES}), [])
-    df["source"] = pd.Series([], dtype="str")
-    df[runs.RUN] = pd.Series([], dtype="str")
-    return df
-
-
-def _conform(raw: pd.DataFrame, source: str, notes: list[str]) -> pd.DataFrame:
-    unknown = sorted(set(raw.columns) - set(COLUMN_NAMES) - {"source", runs.RUN})
-    if unknown:
-        notes.append(f"{source or 'results'}: unknown column(s) dropped: {', '.join(map(str, unknown))}")
-    sources = raw["source"] if "source" in raw.columns else None
-    raw = raw.reindex(columns=list(COLUMN_NAMES))  # adds missing columns as NaN
-    raw = raw.astype(object).where(raw.notna(), None)
-    typed = _coerce(raw, notes)
-    if source or sources is None:
-        typed["source"] = source
-    else:
-        typed["source"] = sources.fillna("").astype(str)
-    typed["source"] = typed["source"].astype("str")
-    return typed
-
-
-def conform(df: pd.DataFrame, source: str = "") -> pd.DataFrame:
-    """Any frame of result rows (e.g. the store's) typed and shaped exactly as load_results returns.
-
-    Keeps an existing `source` column unless `source` is given (`run` is recomputed from it).
-    Problems go to attrs["load_notes"].
-    """
-    notes: list[str] = list(df.attrs.get(LOAD_NOTES, []))
-    out = _conform(df, source, notes) if not df.empty else empty_results()
-    out[runs.RUN] = runs.run_labels(out)
-    _check_statuses(out, notes)
-    out.attrs[LOAD_NOTES] = notes
-    return out
-
-
-def _check_statuses(df: pd.DataFrame, notes: list[str]) -> None:
-    bad_status = sorted(set(df["status"].dropna()) - set(STATUSES))
-    if bad_status:
-        notes.append(f"unknown status value(s): {', '.join(bad_status)}")
-
-
-def load_results(paths: Sequence[str | Path]) -> pd.DataFrame:
-    """Every cell under `paths`, one row each, typed per segbench.schema, plus `source` (the suite
-    directory) and `run` (a label telling runs apart: directory, start time, commit; segbench.runs).
-
-    Each path is a suite dir (results.parquet, else cells/*.json) or a parent of several. Columns
-    the schema lacks are dropped, missing ones added as None; what was wrong is listed in
-    `df.attrs["load_notes"]` so a UI can show it instead of failing.
-    """
-    notes: list[str] = []
-    frames = []
-    for path in paths:
-        suites = find_suite_dirs(path)
-        if not suites:
-            notes.append(f"{path}: no results.parquet or cells/ found")
-        for suite_dir in suites:
-            raw = _read_suite(suite_dir, notes)
-            if not raw.empty:
-                frames.append(_conform(raw, str(suite_dir), notes))
-    df = pd.concat(frames, ignore_index=True) if frames else empty_results()
-    df[runs.RUN] = runs.run_labels(df)
-    _check_statuses(df, notes)
-    df.attrs[LOAD_NOTES] = notes
-    return df
-
+from segbench.metrics import (  # noqa: F401 - re-exported: analysis is the data layer's one name
+    ESTIMATE_OF,
+    GIB,
+    METRICS,
+    MIB,
+    PARETO_AXES,
+    SCORE_PREFIX,
+    SCORE_UNIT,
+    Metric,
+    axis_title,
+    display_unit,
+    format_bytes,
+    format_tokens,
+    format_value,
+    from_display,
+    is_missing,
+    is_score_key,
+    metric_info,
+    picker_label,
+    score_key,
+    task_of,
+    to_display,
+)
+from segbench.schema import STATUSES
 
 # ----------------------------------------------------------------------------------------------
 # Row selection
@@ -504,8 +207,8 @@ INTERVAL_RANGE = "min–max of the timings inside one process"
 
 
 def _list_range(value) -> tuple[float, float]:
-    """(min, max) of a JSON list of numbers (as _canonical_json stores it), NaNs if none."""
-    if _missing(value):
+    """(min, max) of a JSON list of numbers (as the loader stores JSON columns), NaNs if none."""
+    if is_missing(value):
         return math.nan, math.nan
     try:
         items = json.loads(value) if isinstance(value, str) else list(value)

@@ -281,7 +281,8 @@ def test_browser_shipped_example_without_failures(tmp_path):
 def test_core_modules_import_no_ui_package():
     # The CLI imports these on a bare GPU image: plotly and streamlit may only load when used.
     code = (
-        "import sys, segbench.dashboard_launcher as d, segbench.html_report, segbench.figures, segbench.analysis;"
+        "import sys, segbench.dashboard_launcher as d, segbench.html_report, segbench.figures, segbench.analysis,"
+        " segbench.timeline, segbench.timeline_figure, segbench.runs, segbench.metrics, segbench.loading;"
         "d.app_path(); print(sorted(m for m in ('streamlit', 'plotly') if m in sys.modules))"
     )
     out = subprocess.run([dl.sys.executable, "-c", code], capture_output=True, text=True, check=True)
