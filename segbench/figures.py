@@ -175,11 +175,15 @@ MIN_TICK_RATIO = 1.45
 
 
 def context_ticks(contexts: list[int]) -> list[int]:
-    """The measured lengths that get a label: ascending, each >= MIN_TICK_RATIO x the previous."""
+    """The measured lengths that get a label: ascending, each >= MIN_TICK_RATIO x the previous, the
+    longest always among them (where methods differ most), replacing a kept one too close to it."""
+    every = sorted(set(int(c) for c in contexts if c and c > 0))
     kept: list[int] = []
-    for c in sorted(set(int(c) for c in contexts if c and c > 0)):
+    for c in every:
         if not kept or c >= kept[-1] * MIN_TICK_RATIO:
             kept.append(c)
+    if every and kept[-1] != every[-1]:
+        kept[-1] = every[-1]
     return kept
 
 

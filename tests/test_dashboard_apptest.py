@@ -541,3 +541,22 @@ def test_timeline_without_traces_says_how_to_get_them(clean):
     at = start("Timeline")
     assert not at.get("plotly_chart")
     assert any("No memory traces" in i.value for i in at.info)
+
+
+# ------------------------------------------------------------------------------------ axes
+
+
+def test_log_axes_get_few_round_labels(results):
+    from segbench.figures import context_ticks
+
+    at = start()
+    at.checkbox(key="pareto_log_x").check().run()
+    assert not at.exception
+    spec = chart(at, "pareto_chart")
+    # plotly's own log ticks label 2..9 of every decade, which overlapped in a narrow panel.
+    xaxis = spec["layout"]["xaxis"]
+    assert xaxis["type"] == "log" and 2 <= len(xaxis["tickvals"]) <= 7
+    assert xaxis["ticktext"] == [f"{v:g}" for v in xaxis["tickvals"]]
+    # Context ticks: never two labels closer than 1.45x (1000 and 1K overlap); the longest kept.
+    assert context_ticks([1000, 1024, 2048, 3072, 4096]) == [1000, 2048, 4096]
+    assert context_ticks([4096 * 2**i for i in range(6)]) == [4096 * 2**i for i in range(6)]
