@@ -36,6 +36,7 @@ STATUS_STYLE: dict[str, tuple[str, str, str]] = {  # status -> (legend name, sym
 }
 FRONT_COLOR = "#333333"
 FAILED_COLOR = "#c00000"
+MAX_NOT_OK_NAMED = 6  # failed configurations named inside one Pareto panel
 BEST_COLOR = "#f5c518"
 DOMINATED_ALPHA = 0.25
 
@@ -336,6 +337,8 @@ def _not_ok_annotation(view: an.ParetoView, ctx: int, panel: int) -> dict | None
         f"{escape(r['series'])}: {STATUS_STYLE.get(r['status'], (r['status'],))[0]}"
         for r in _records(failed, ["series", "status"])
     ]
+    if len(entries) > MAX_NOT_OK_NAMED:  # a long list would cover the panel; the page lists all
+        entries = entries[: MAX_NOT_OK_NAMED - 1] + [f"+{len(entries) - MAX_NOT_OK_NAMED + 1} more (hover)"]
     lines = ["not ok: " + ", ".join(entries[:2])] + [
         ", ".join(entries[i : i + 2]) for i in range(2, len(entries), 2)
     ]
