@@ -59,6 +59,9 @@ def render(df: pd.DataFrame) -> None:
     if a == b:
         st.warning("Pick two different runs.")
         return
+    st.caption(
+        "Preselected: B the newest run, A the one before it (runs ordered by their first cell's start)."
+    )
     run_a, run_b = df[df["run"] == a], df[df["run"] == b]
     present = _with_data(pd.concat([run_a, run_b]))
     metrics = st.multiselect(
