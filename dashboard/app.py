@@ -20,11 +20,13 @@ from segbench.dashboard import (
     page_consistency,
     page_pareto,
     page_scaling,
+    page_timeline,
 )
 
 PAGES = {
     "Pareto": page_pareto.render,
     "Scaling": page_scaling.render,
+    "Timeline": page_timeline.render,
     "Cells": page_cells.render,
     "Compare runs": page_compare.render,
     "Consistency": None,  # reads the training summary, not the cell rows
@@ -40,20 +42,31 @@ def results_dirs() -> list[str]:
     return [p for p in env.split(os.pathsep) if p] or ["results"]
 
 
+def _shown(path: str) -> str:
+    """A results directory as the user would type it: relative to where the app runs, if inside."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve())) or "."
+    except ValueError:
+        return path
+
+
 def main() -> None:
     st.set_page_config(page_title="segbench", layout="wide")
     dirs = results_dirs()
     df, notes = common.load(dirs)
     with st.sidebar:
         st.title("segbench")
-        # A radio rather than st.navigation: AppTest drives it like any widget.
-        page = st.radio("Page", list(PAGES), key="page")
+        # A radio rather than st.navigation: AppTest drives it like any widget. `?page=Timeline`
+        # opens a page directly (links, scripts/screenshots.py).
+        asked = st.query_params.get("page")
+        first = list(PAGES).index(asked) if asked in PAGES else 0
+        page = st.radio("Page", list(PAGES), index=first, key="page")
     if page == "Consistency":
         page_consistency.render(dirs)
         return
     with st.sidebar:
         shown = common.sidebar_filters(df)
-        st.caption(f"{len(shown)} of {len(df)} cells from {', '.join(dirs)}")
+        st.caption(f"{len(shown)} of {len(df)} cells from {', '.join(map(_shown, dirs))}")
         if st.button("Reload results", key="reload"):
             st.cache_data.clear()
             st.rerun()

@@ -24,8 +24,11 @@ TABLE_COLUMNS = (
     "model_trained",
     "status_detail",
     "config_hash",
+    "run",
     "source",
 )
+# Shown in a display unit with the unit in the header (the provenance table keeps raw values).
+CONVERTED = ("peak_prefill_mem_bytes", "kv_cache_bytes", "score")
 SEARCHED = ("method", "label", "params", "status_detail", "config_hash", "task")
 
 
@@ -59,6 +62,16 @@ def _filtered(df: pd.DataFrame) -> pd.DataFrame:
     return df[keep]
 
 
+def _display(rows: pd.DataFrame) -> pd.DataFrame:
+    """Memory in MiB or GiB (as the data needs), accuracy x100, each header naming its unit."""
+    out = rows.copy()
+    for col in CONVERTED:
+        unit = an.display_unit(col, out[col])
+        out[col] = an.to_display(pd.to_numeric(out[col], errors="coerce"), col, unit)
+        out = out.rename(columns={col: an.axis_title(col, unit)})
+    return out
+
+
 def _cell_name(row: pd.Series) -> str:
     task = f" · {row['task']}" if isinstance(row["task"], str) and row["task"] else ""
     ctx = an.format_tokens(row["context_len"]) if not pd.isna(row["context_len"]) else "?"
@@ -71,7 +84,7 @@ def render(df: pd.DataFrame) -> None:
     rows = _filtered(df)
     st.caption(f"{len(rows)} of {len(df)} cells")
     chance_warning(rows)
-    st.dataframe(rows[list(TABLE_COLUMNS)])
+    st.dataframe(_display(rows[list(TABLE_COLUMNS)]))
     if rows.empty:
         return
     # Options are row labels; after a filter change the widget may still hold a label now filtered out.
@@ -85,10 +98,10 @@ def render(df: pd.DataFrame) -> None:
     # Values are shown as text: one column holding ints, floats, bools and JSON would not convert.
     provenance = pd.DataFrame(
         {
-            "column": list(COLUMN_NAMES) + ["source"],
-            "value": ["" if _missing(row[c]) else str(row[c]) for c in [*COLUMN_NAMES, "source"]],
+            "column": [*COLUMN_NAMES, "source", "run"],
+            "value": ["" if _missing(row[c]) else str(row[c]) for c in [*COLUMN_NAMES, "source", "run"]],
             "meaning": [COLUMN_BY_NAME[c].doc for c in COLUMN_NAMES]
-            + ["Result directory the row was read from."],
+            + ["Result directory the row was read from.", "The run: directory · first start (UTC) · commit."],
         }
     )
     st.dataframe(provenance, hide_index=True, height=600)

@@ -41,13 +41,17 @@ def render(dirs: list[str]) -> None:
     st.header("Training-inference consistency")
     summaries = find_summaries(dirs)
     if not summaries:
-        st.info("No consistency summary under these results; `segbench train train/consistency_toy.yaml` writes one "
-                "to results/consistency/summary.json.")
+        st.info(
+            "No consistency summary under these results; `segbench train train/consistency_toy.yaml` writes one "
+            "to results/consistency/summary.json."
+        )
         return
     path = summaries[0] if len(summaries) == 1 else Path(st.selectbox("Summary", [str(p) for p in summaries]))
     summary = json.loads(Path(path).read_text())
-    st.caption(f"{path} - accuracy in %, 95% interval, n={summary.get('n')} held-out samples; "
-               f"chance is {summary.get('chance', 'n/a')}%.")
+    st.caption(
+        f"{path} - accuracy in %, 95% interval, n={summary.get('n')} held-out samples; "
+        f"chance is {summary.get('chance', 'n/a')}%."
+    )
     st.dataframe(table(summary))
     with st.expander("Provenance"):
         st.json(summary.get("provenance", {}))

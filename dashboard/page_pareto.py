@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
+from segbench.dashboard.common import metric_select, single_process_note
 
 from segbench import analysis as an
-from segbench.figures import CHANCE_WARNING, pareto_figure
+from segbench.figures import CHANCE_WARNING, STATUS_STYLE, pareto_figure
 
 # Budgets are ceilings, so only costs (memory, time) can be one.
 BUDGET_UNITS = ("bytes", "s", "ms")
@@ -23,14 +24,16 @@ def _budget_controls(df: pd.DataFrame, axes: list[str], x: str) -> an.Budget | N
         "Budget on",
         costs,
         index=costs.index(x) if x in costs else 0,
-        format_func=an.axis_title,
+        format_func=an.picker_label,
         key="pareto_budget_col",
     )
-    shown = an.to_display(pd.to_numeric(an.rows_for(df, column)[column]).dropna(), column)
-    # The range follows the data: CPU runs measure MiB, GPU runs tens of GiB.
+    raw = pd.to_numeric(an.rows_for(df, column)[column]).dropna()
+    # The range and unit follow the data: CPU runs measure MiB, GPU runs tens of GiB.
+    unit = an.display_unit(column, raw)
+    shown = an.to_display(raw, column, unit)
     top = float(shown.max()) * 1.05 if len(shown) and shown.max() > 0 else 1.0
     limit = st.slider(
-        f"{an.axis_title(column)} ≤",
+        f"{an.axis_title(column, unit)} ≤",
         min_value=0.0,
         max_value=top,
         value=float(shown.median()) if len(shown) else top,
@@ -38,7 +41,7 @@ def _budget_controls(df: pd.DataFrame, axes: list[str], x: str) -> an.Budget | N
         format="%.3f",
         key="pareto_budget",
     )
-    return an.Budget(column, an.from_display(limit, column))
+    return an.Budget(column, an.from_display(limit, column, unit))
 
 
 def render(df: pd.DataFrame) -> None:
@@ -67,26 +70,50 @@ def render(df: pd.DataFrame) -> None:
         key="pareto_contexts",
     )
     budget = _budget_controls(df, axes, x)
-    runs = df["source"].nunique()
+    runs = df["run"].nunique()
     if runs > 1:
-        st.caption(f"The fronts pool {runs} runs; pick one in the sidebar to compare within a machine.")
+        st.caption(
+            f"The fronts pool {runs} runs (each point's name says its run); pick one in the sidebar "
+            "to compare within a machine."
+        )
     view = an.pareto_view(df, x, y, contexts=chosen, budget=budget)
     if view.chance_accuracy:
         st.warning(f"⚠ {CHANCE_WARNING}.")
+    _not_ok(view)
     st.plotly_chart(pareto_figure(view, log_x=log_x, log_y=log_y), key="pareto_chart")
     st.caption(
         "Front: no other cell at that context is at least as good on both axes and better on one. "
-        "Faded: dominated. Error bars: 95% t-interval over repeats (a task's own interval for one run)."
+        "Faded: dominated. Error bars: 95% t-interval over process repeats (a task's own interval for "
+        "one run; for a timing measured in one process, the min–max of its timed runs)."
     )
+    single_process_note(pd.concat([view.front, view.dominated]), [x, y])
     if budget is not None:
         _best_table(view)
     _tables(view)
 
 
+def _not_ok(view: an.ParetoView) -> None:
+    """Name what is missing from the plot and why: at a memory budget an OOM is the key fact."""
+    failed = view.failed[~view.failed["ok_too"].astype(bool)]
+    if failed.empty:
+        return
+    by_ctx = []
+    for ctx, g in failed.groupby("context_len", sort=True):
+        names = ", ".join(
+            f"**{r.series}** ({STATUS_STYLE.get(r.status, (r.status,))[0]})" for r in g.itertuples()
+        )
+        by_ctx.append(f"{an.format_tokens(ctx)}: {names}")
+    st.warning("Not on the plot, did not finish ok — " + "; ".join(by_ctx))
+    with st.expander(f"Why: {len(failed)} configuration(s) that did not finish ok"):
+        shown = failed.assign(context=failed["context_len"].map(an.format_tokens))
+        st.dataframe(
+            shown[["context", "series", "status", "status_detail", "cells", "config_hash", "run"]],
+            hide_index=True,
+        )
+
+
 def _metric(label: str, axes: list[str], default: str, key: str) -> str:
-    return st.selectbox(
-        label, axes, index=axes.index(default) if default in axes else 0, format_func=an.axis_title, key=key
-    )
+    return metric_select(label, axes, default, key)
 
 
 def _best_table(view: an.ParetoView) -> None:
@@ -110,15 +137,21 @@ def _tables(view: an.ParetoView) -> None:
     cells["dominated_by"] = cells["dominated_by"].map(
         lambda i: labels.get(i) if not isinstance(i, float) else None
     )
+    # The axes' own units and titles, so the table reads like the plot.
+    titles = {}
+    for key in dict.fromkeys([view.x, view.y]):
+        unit = an.display_unit(key, cells[key])
+        titles[key] = an.axis_title(key, unit)
+        cells[titles[key]] = an.to_display(pd.to_numeric(cells[key]), key, unit)
     shown = [
         "context_len",
         "method",
         "label",
-        view.x,
-        view.y,
+        *titles.values(),
         "front",
         "dominated_by",
         "n_repeats",
+        "run",
         "config_hash",
     ]
     with st.expander(f"Cells on the plot ({len(view.front)} on a front, {len(view.dominated)} dominated)"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
+from segbench.dashboard.common import single_process_note
 
 from segbench import analysis as an
 from segbench.figures import CHANCE_WARNING, STATUS_STYLE, scaling_figure
@@ -19,7 +20,7 @@ def render(df: pd.DataFrame) -> None:
         return
     c1, c2 = st.columns([3, 1])
     with c1:
-        key = st.selectbox("Metric", metrics, format_func=an.axis_title, key="scaling_metric")
+        key = st.selectbox("Metric", metrics, format_func=an.picker_label, key="scaling_metric")
     with c2:
         log_y = st.checkbox("log y", value=an.metric_info(key).unit == "bytes", key="scaling_log_y")
     view = an.scaling_view(df, key)
@@ -27,10 +28,18 @@ def render(df: pd.DataFrame) -> None:
         st.warning(f"⚠ {CHANCE_WARNING}.")
     st.plotly_chart(scaling_figure(view, log_y=log_y), key="scaling_chart")
     legend = ", ".join(f"{name} ({symbol})" for name, symbol, _ in STATUS_STYLE.values())
-    st.caption(
-        "x is log2. Dashed: the method's analytic estimate (drawn for failed cells too). "
+    strip = (
         f"Lower strip: cells that did not finish ok, at the context where they stopped: {legend}."
+        if not view.failures.empty
+        else "Every cell for this metric finished ok."
     )
+    dashed = (
+        "Dashed: the method's analytic estimate (drawn for failed cells too). "
+        if not view.estimate.empty
+        else ""
+    )
+    st.caption(f"x is log2. {dashed}{strip}")
+    single_process_note(view.measured, [key])
     if not view.failures.empty:
         with st.expander(f"{len(view.failures)} cell(s) not ok"):
             cols = ["context_len", "series", "status", "status_detail", "repeat_group", "config_hash"]

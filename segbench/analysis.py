@@ -1,7 +1,8 @@
 """The data layer behind the dashboard and the HTML report: pure functions, pandas in, pandas out.
 
-Nothing here imports a UI package, so `segbench report` can use it on a bare GPU image. Result files
-are read as JSON or parquet only (never pickle, never eval): they may come from another machine.
+Nothing here imports a UI package, so `segbench report` can use it on a bare GPU image. Metric
+names and units live in segbench.metrics, reading results in segbench.loading; both are re-exported
+here, so callers keep one name (`from segbench import analysis as an`).
 """
 
 from __future__ import annotations
@@ -15,302 +16,40 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from segbench import store
-from segbench.schema import COLUMN_BY_NAME, COLUMN_NAMES, STATUSES
-
-# ----------------------------------------------------------------------------------------------
-# Metric names and units
-# ----------------------------------------------------------------------------------------------
-
-GIB = 2**30
-
-
-@dataclass(frozen=True)
-class Metric:
-    """How a metric column is named, shown and judged."""
-
-    column: str
-    label: str
-    unit: str  # "bytes" | "s" | "ms" | "tok/s" | "score"
-    higher_is_better: bool
-
-
-METRICS: dict[str, Metric] = {
-    m.column: m
-    for m in (
-        Metric("peak_prefill_mem_bytes", "Peak prefill memory", "bytes", False),
-        Metric("peak_prefill_over_weights_bytes", "Peak prefill minus weights", "bytes", False),
-        Metric("kv_cache_bytes", "Stored KV cache", "bytes", False),
-        Metric("est_peak_prefill_bytes", "Estimated peak prefill memory", "bytes", False),
-        Metric("est_kv_cache_bytes", "Estimated KV cache", "bytes", False),
-        Metric("ttft_s", "TTFT", "s", False),
-        Metric("decode_ms_p50", "Decode latency p50", "ms", False),
-        Metric("decode_ms_p90", "Decode latency p90", "ms", False),
-        Metric("prefill_tokens_per_s", "Prefill tokens/s", "tok/s", True),
-        Metric("decode_tokens_per_s", "Decode tokens/s", "tok/s", True),
-        Metric("score", "Accuracy", "score", True),
-    )
-}
-
-# Measured column -> its analytic estimate, drawn dashed beside it.
-ESTIMATE_OF: dict[str, str] = {
-    "kv_cache_bytes": "est_kv_cache_bytes",
-    "peak_prefill_mem_bytes": "est_peak_prefill_bytes",
-}
-
-# An accuracy metric key names its task: "score:<task>". Accuracy lives on the task's own rows, so
-# "accuracy" alone would mix tasks whose scores mean different things.
-SCORE_PREFIX = "score:"
-
-# The metrics offered as Pareto axes (accuracy keys are added per task present in the data).
-PARETO_AXES: tuple[str, ...] = (
-    "peak_prefill_mem_bytes",
-    "peak_prefill_over_weights_bytes",
-    "kv_cache_bytes",
-    "ttft_s",
-    "decode_ms_p50",
-    "prefill_tokens_per_s",
-    "decode_tokens_per_s",
+from segbench import runs
+from segbench.loading import (  # noqa: F401 - re-exported: analysis is the data layer's one name
+    CELLS_DIR,
+    LOAD_NOTES,
+    RESULTS_PARQUET,
+    conform,
+    empty_results,
+    find_suite_dirs,
+    load_results,
 )
-
-
-def score_key(task: str) -> str:
-    return f"{SCORE_PREFIX}{task}"
-
-
-def is_score_key(key: str) -> bool:
-    return key.startswith(SCORE_PREFIX)
-
-
-def task_of(key: str) -> str | None:
-    """The task an accuracy key names, or None for a plain metric column."""
-    return key[len(SCORE_PREFIX) :] if is_score_key(key) else None
-
-
-def metric_info(key: str) -> Metric:
-    """The Metric for a column name or an accuracy key ("score:<task>")."""
-    task = task_of(key)
-    if task is not None:
-        return Metric(key, f"Accuracy ({task})", "score", True)
-    if key not in METRICS:
-        raise KeyError(f"unknown metric {key!r}; known: {', '.join(METRICS)} or score:<task>")
-    return METRICS[key]
-
-
-def display_unit(key: str) -> str:
-    unit = metric_info(key).unit
-    return {"bytes": "GiB", "score": ""}.get(unit, unit)
-
-
-def axis_title(key: str) -> str:
-    unit = display_unit(key)
-    return f"{metric_info(key).label} ({unit})" if unit else metric_info(key).label
-
-
-def to_display(values: pd.Series | np.ndarray | float, key: str):
-    """Raw values in the unit axes show: bytes become GiB, everything else is unchanged."""
-    return values / GIB if metric_info(key).unit == "bytes" else values
-
-
-def from_display(value: float, key: str) -> float:
-    """Inverse of to_display, for a threshold typed in display units (e.g. a GiB slider)."""
-    return value * GIB if metric_info(key).unit == "bytes" else value
-
-
-def format_bytes(n: float | None) -> str:
-    """Binary units, so numbers match what nvidia-smi and torch report (GiB, not GB)."""
-    if n is None or (isinstance(n, float) and math.isnan(n)):
-        return "–"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
-        value /= 1024
-    return f"{value:.2f} TiB"
-
-
-def format_value(key: str, value: float | None) -> str:
-    if value is None or pd.isna(value):
-        return "–"
-    unit = metric_info(key).unit
-    if unit == "bytes":
-        return format_bytes(value)
-    if unit == "score":
-        return f"{value:.3f}"
-    return f"{value:.4g} {unit}"
-
-
-def format_tokens(n: int) -> str:
-    """Context lengths as people say them: 4096 -> 4K, 131072 -> 128K."""
-    n = int(n)
-    if n >= 1024 and n % 1024 == 0:
-        return f"{n // 1024}K"
-    return str(n)
-
-
-# ----------------------------------------------------------------------------------------------
-# Loading
-# ----------------------------------------------------------------------------------------------
-
-RESULTS_PARQUET = "results.parquet"
-CELLS_DIR = "cells"
-LOAD_NOTES = "load_notes"  # df.attrs key: human-readable problems found while loading
-
-
-def find_suite_dirs(path: str | Path) -> list[Path]:
-    """Suite directories at or under `path`; the store's own discovery, so report and dashboard agree."""
-    return store.suite_dirs(path)
-
-
-def _read_cells(cells_dir: Path, notes: list[str]) -> pd.DataFrame:
-    records = []
-    for f in sorted(cells_dir.glob("*.json")):
-        try:
-            obj = json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            # A cell being written right now, or a truncated one: skip it, say so.
-            notes.append(f"{f}: unreadable ({type(e).__name__}: {e})")
-            continue
-        if not isinstance(obj, dict):
-            notes.append(f"{f}: not a JSON object, skipped")
-            continue
-        records.append(obj)
-    return pd.DataFrame.from_records(records) if records else pd.DataFrame()
-
-
-def _read_suite(suite_dir: Path, notes: list[str]) -> pd.DataFrame:
-    parquet = suite_dir / RESULTS_PARQUET
-    if parquet.is_file():
-        cells = suite_dir / CELLS_DIR
-        if cells.is_dir():
-            newer = sum(1 for f in cells.glob("*.json") if f.stat().st_mtime > parquet.stat().st_mtime)
-            if newer:
-                notes.append(f"{parquet}: {newer} cell file(s) are newer; run `segbench report {suite_dir}`")
-        return pd.read_parquet(parquet)
-    return _read_cells(suite_dir / CELLS_DIR, notes)
-
-
-def _missing(value) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
-
-
-def _canonical_json(value):
-    """JSON columns become canonical text, so they can be grouped, merged and shown in tables."""
-    if _missing(value):
-        return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    if isinstance(value, np.ndarray):  # parquet list columns come back as arrays
-        value = value.tolist()
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def _to_bool(value):
-    if _missing(value):
-        return pd.NA
-    if isinstance(value, str):
-        low = value.strip().lower()
-        if low in ("true", "1", "yes"):
-            return True
-        if low in ("false", "0", "no"):
-            return False
-        return pd.NA
-    return bool(value)
-
-
-def _coerce(df: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
-    """Give every schema column its schema type; values that do not fit become missing, noted."""
-    out = {}
-    for name in COLUMN_NAMES:
-        s = df[name]
-        kind = COLUMN_BY_NAME[name].dtype
-        if kind in ("int", "float"):
-            num = pd.to_numeric(s, errors="coerce")
-            bad = int((num.isna() & s.notna()).sum())
-            if kind == "int":
-                fractional = num.notna() & (num != np.floor(num))
-                bad += int(fractional.sum())
-                num = num.where(~fractional).astype("Int64")
-            else:
-                num = num.astype("float64")
-            if bad:
-                notes.append(f"column {name}: {bad} value(s) are not {kind} and were dropped")
-            out[name] = num
-        elif kind == "bool":
-            out[name] = s.map(_to_bool).astype("boolean")
-        elif kind in ("json", "list[int]"):
-            out[name] = s.map(_canonical_json).astype(object)
-        else:
-            out[name] = s.map(lambda v: None if _missing(v) else str(v)).astype("str")
-    return pd.DataFrame(out, index=df.index)
-
-
-def empty_results() -> pd.DataFrame:
-    """A typed frame with every schema column and `source`, no rows."""
-    df = _coerce(pd.DataFrame({c: pd.Series([], dtype=object) for c in COLUMN_NAMES}), [])
-    df["source"] = pd.Series([], dtype="str")
-    return df
-
-
-def _conform(raw: pd.DataFrame, source: str, notes: list[str]) -> pd.DataFrame:
-    unknown = sorted(set(raw.columns) - set(COLUMN_NAMES) - {"source"})
-    if unknown:
-        notes.append(f"{source or 'results'}: unknown column(s) dropped: {', '.join(map(str, unknown))}")
-    sources = raw["source"] if "source" in raw.columns else None
-    raw = raw.reindex(columns=list(COLUMN_NAMES))  # adds missing columns as NaN
-    raw = raw.astype(object).where(raw.notna(), None)
-    typed = _coerce(raw, notes)
-    if source or sources is None:
-        typed["source"] = source
-    else:
-        typed["source"] = sources.fillna("").astype(str)
-    typed["source"] = typed["source"].astype("str")
-    return typed
-
-
-def conform(df: pd.DataFrame, source: str = "") -> pd.DataFrame:
-    """Any frame of result rows (e.g. the store's) typed and shaped exactly as load_results returns.
-
-    Keeps an existing `source` column unless `source` is given. Problems go to attrs["load_notes"].
-    """
-    notes: list[str] = list(df.attrs.get(LOAD_NOTES, []))
-    out = _conform(df, source, notes) if not df.empty else empty_results()
-    _check_statuses(out, notes)
-    out.attrs[LOAD_NOTES] = notes
-    return out
-
-
-def _check_statuses(df: pd.DataFrame, notes: list[str]) -> None:
-    bad_status = sorted(set(df["status"].dropna()) - set(STATUSES))
-    if bad_status:
-        notes.append(f"unknown status value(s): {', '.join(bad_status)}")
-
-
-def load_results(paths: Sequence[str | Path]) -> pd.DataFrame:
-    """Every cell under `paths`, one row each, typed per segbench.schema, plus a `source` column.
-
-    Each path is a suite dir (results.parquet, else cells/*.json) or a parent of several. Columns
-    the schema lacks are dropped, missing ones added as None; what was wrong is listed in
-    `df.attrs["load_notes"]` so a UI can show it instead of failing.
-    """
-    notes: list[str] = []
-    frames = []
-    for path in paths:
-        suites = find_suite_dirs(path)
-        if not suites:
-            notes.append(f"{path}: no results.parquet or cells/ found")
-        for suite_dir in suites:
-            raw = _read_suite(suite_dir, notes)
-            if not raw.empty:
-                frames.append(_conform(raw, str(suite_dir), notes))
-    df = pd.concat(frames, ignore_index=True) if frames else empty_results()
-    _check_statuses(df, notes)
-    df.attrs[LOAD_NOTES] = notes
-    return df
-
+from segbench.metrics import (  # noqa: F401 - re-exported: analysis is the data layer's one name
+    ESTIMATE_OF,
+    GIB,
+    METRICS,
+    MIB,
+    PARETO_AXES,
+    SCORE_PREFIX,
+    SCORE_UNIT,
+    Metric,
+    axis_title,
+    display_unit,
+    format_bytes,
+    format_tokens,
+    format_value,
+    from_display,
+    is_missing,
+    is_score_key,
+    metric_info,
+    picker_label,
+    score_key,
+    task_of,
+    to_display,
+)
+from segbench.schema import STATUSES
 
 # ----------------------------------------------------------------------------------------------
 # Row selection
@@ -320,6 +59,7 @@ def load_results(paths: Sequence[str | Path]) -> pd.DataFrame:
 # the same configuration, which differ in task and decode length).
 POINT_KEYS: tuple[str, ...] = (
     "source",
+    "run",  # one per source; carried so every point and series knows its run's label
     "suite",
     "method",
     "label",
@@ -353,7 +93,9 @@ def slim(df: pd.DataFrame, metrics: Sequence[str] = ()) -> pd.DataFrame:
     Every filter and copy of the ~60-column frame costs in proportion to its width; a plot needs
     a fraction of it.
     """
-    extra = [c for m in metrics for c in (m, f"{m}_ci_low", f"{m}_ci_high", ESTIMATE_OF.get(m))]
+    extra = [
+        c for m in metrics for c in (m, f"{m}_ci_low", f"{m}_ci_high", ESTIMATE_OF.get(m), ALL_OF.get(m))
+    ]
     wanted = dict.fromkeys([*REPEAT_KEYS, *PROVENANCE, *(c for c in extra if c)])
     return df[[c for c in wanted if c in df.columns]]
 
@@ -389,7 +131,9 @@ def chance_accuracy(df: pd.DataFrame) -> bool:
     return bool((acc["model_trained"] == False).any())  # noqa: E712 - nullable boolean column
 
 
-QUALIFIERS: tuple[str, ...] = ("model", "source")
+# A run is qualified by its label (directory + start + commit), not the directory's basename: two
+# runs of one suite share that basename.
+QUALIFIERS: tuple[str, ...] = ("model", runs.RUN)
 
 
 def varying(df: pd.DataFrame, columns: Sequence[str] = QUALIFIERS) -> list[str]:
@@ -398,14 +142,24 @@ def varying(df: pd.DataFrame, columns: Sequence[str] = QUALIFIERS) -> list[str]:
 
 
 def series_names(df: pd.DataFrame, qualify: Sequence[str] | None = None) -> pd.Series:
-    """One legend name per row: the label, qualified by model and source where those vary.
+    """One legend name per row: the label, qualified by model and run where those vary.
 
     Pass `qualify` (from varying() on the whole data) to name subsets consistently.
     """
     names = df["label"].fillna(df["method"]).fillna("?").astype(str)
     for col in varying(df) if qualify is None else qualify:
-        names = names + " · " + df[col].fillna("?").astype(str).map(lambda s: Path(s).name or s)
+        text = df[col].fillna("?").astype(str)
+        if col == "source":
+            text = text.map(lambda s: Path(s).name or s)
+        names = names + " · " + text
     return names
+
+
+def with_series(subset: pd.DataFrame, qualify: Sequence[str]) -> pd.DataFrame:
+    """`subset` with its series names, computed from itself (never from a longer frame)."""
+    out = subset.copy()
+    out["series"] = series_names(subset, qualify) if not subset.empty else pd.Series([], dtype="str")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -443,13 +197,37 @@ def mean_ci95(values: Sequence[float] | np.ndarray) -> tuple[float, float, float
     return mean, mean - half, mean + half
 
 
+INTERVAL_SUFFIXES = ("_ci_low", "_ci_high", "_interval")
+# A metric whose row also keeps every in-process timing it summarises (ttft_s is their median).
+ALL_OF: dict[str, str] = {"ttft_s": "ttft_s_all"}
+# What `<metric>_interval` says the error bar of a point is.
+INTERVAL_CI95 = "95% t-interval over process repeats"
+INTERVAL_OWN = "the task's own 95% interval"
+INTERVAL_RANGE = "min–max of the timings inside one process"
+
+
+def _list_range(value) -> tuple[float, float]:
+    """(min, max) of a JSON list of numbers (as the loader stores JSON columns), NaNs if none."""
+    if is_missing(value):
+        return math.nan, math.nan
+    try:
+        items = json.loads(value) if isinstance(value, str) else list(value)
+        v = np.asarray([float(x) for x in items if x is not None], dtype=float)
+    except (TypeError, ValueError, json.JSONDecodeError):
+        return math.nan, math.nan
+    v = v[np.isfinite(v)]
+    return (float(v.min()), float(v.max())) if len(v) else (math.nan, math.nan)
+
+
 def aggregate_repeats(
     df: pd.DataFrame, metrics: Sequence[str], keys: Sequence[str] = REPEAT_KEYS
 ) -> pd.DataFrame:
     """One row per repeat group: each metric's mean with `<metric>_ci_low/_ci_high` (95% t-interval).
 
     Other columns are those of the group's first row (its provenance, for hover). A metric measured
-    once keeps the interval its row already carries (a task's score CI), else has none.
+    once keeps the interval its row already carries (a task's score CI); a timing measured in one
+    process gets the min–max of that process's own timings (ALL_OF: ttft_s from ttft_s_all), which
+    is a spread, not a confidence interval. `<metric>_interval` says which (INTERVAL_*), "" for none.
     `n_repeats` counts the rows merged. The index is the first row's index.
     """
     keys = [k for k in keys if k in df.columns]
@@ -458,6 +236,7 @@ def aggregate_repeats(
         for m in metrics:
             out[f"{m}_ci_low"] = pd.Series(dtype=float)
             out[f"{m}_ci_high"] = pd.Series(dtype=float)
+            out[f"{m}_interval"] = pd.Series(dtype="str")
         out["n_repeats"] = pd.Series(dtype="int64")
         return out
     gid = df.groupby(keys, dropna=False, sort=False).ngroup() if keys else pd.Series(0, index=df.index)
@@ -475,9 +254,22 @@ def aggregate_repeats(
         own_lo = _num(first[f"{m}_ci_low"]) if f"{m}_ci_low" in first else np.full(len(first), np.nan)
         own_hi = _num(first[f"{m}_ci_high"]) if f"{m}_ci_high" in first else np.full(len(first), np.nan)
         single = count == 1
+        kind = np.where(single & ~np.isnan(own_lo), INTERVAL_OWN, np.where(count >= 2, INTERVAL_CI95, ""))
+        all_col = ALL_OF.get(m)
+        if all_col in df.columns:
+            # One process: no repeat spread exists, so show the spread of its own timings instead,
+            # and say so, rather than a bare point that makes a 1 ms gap look decisive.
+            ranges = np.array([_list_range(v) for v in df[all_col]], dtype=float).reshape(-1, 2)
+            lo_all = pd.Series(ranges[:, 0], index=df.index).groupby(gid).min().reindex(first_gid).to_numpy()
+            hi_all = pd.Series(ranges[:, 1], index=df.index).groupby(gid).max().reindex(first_gid).to_numpy()
+            use = single & np.isnan(own_lo) & ~np.isnan(lo_all) & (hi_all > lo_all)
+            own_lo = np.where(use, lo_all, own_lo)
+            own_hi = np.where(use, hi_all, own_hi)
+            kind = np.where(use, INTERVAL_RANGE, kind)
         first[m] = mean
         first[f"{m}_ci_low"] = np.where(single, own_lo, mean - half)
         first[f"{m}_ci_high"] = np.where(single, own_hi, mean + half)
+        first[f"{m}_interval"] = pd.Series(kind, index=first.index, dtype="str")
     return first
 
 
@@ -514,16 +306,15 @@ def metric_points(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
         agg = aggregate_repeats(rows, columns)
         if task is not None:
             key = group[0]
-            agg = agg.rename(
-                columns={"score": key, "score_ci_low": f"{key}_ci_low", "score_ci_high": f"{key}_ci_high"}
-            )
-        value_cols = [c for k in group for c in (k, f"{k}_ci_low", f"{k}_ci_high")]
+            agg = agg.rename(columns={f"score{s}": f"{key}{s}" for s in ("", *INTERVAL_SUFFIXES)})
+        value_cols = [f"{k}{s}" for k in group for s in ("", *INTERVAL_SUFFIXES)]
         if merged is None:
             # Scores are only meaningful per task, as "score:<task>" columns: drop the raw ones.
-            raw_score = [c for c in ("score", "score_ci_low", "score_ci_high") if c not in value_cols]
+            raw_score = [f"score{s}" for s in ("", *INTERVAL_SUFFIXES) if f"score{s}" not in value_cols]
             merged = agg.drop(columns=raw_score, errors="ignore")
         else:
-            merged = merged.merge(agg[[*POINT_KEYS, *value_cols]], on=list(POINT_KEYS), how="outer")
+            on = [k for k in POINT_KEYS if k in agg.columns]  # `run` only in loaded frames
+            merged = merged.merge(agg[[*on, *value_cols]], on=on, how="outer")
     assert merged is not None
     return merged.reset_index(drop=True)
 
@@ -638,6 +429,41 @@ class Budget:
     limit: float
 
 
+FAILED = tuple(s for s in STATUSES if s != "ok")
+NOT_OK_COLUMNS = ("context_len", "series", "method", "label", "status", "status_detail", "cells",
+                  "ok_too", "config_hash", "source", "run")  # fmt: skip
+
+
+def not_ok_configs(
+    df: pd.DataFrame, keys: Sequence[str], *, contexts: Sequence[int] | None = None
+) -> pd.DataFrame:
+    """Configurations whose cells for these metric keys did not finish ok, one row per status.
+
+    For choosing a method under a budget, "it ran out of memory at 32K" is the key fact, so a page
+    that only draws ok cells must list these. `cells` counts the cells (repeats, tasks), `ok_too`
+    says whether another repeat of the same configuration did finish ok (so it is also plotted),
+    `status_detail` is the first cell's. Series are named as the plot names them.
+    """
+    parts = [rows_for(df, k) for k in dict.fromkeys(keys)]
+    rows = pd.concat(parts) if parts else df.iloc[0:0]
+    rows = rows[~rows.index.duplicated()]
+    if contexts is not None:
+        rows = rows[rows["context_len"].isin(list(contexts))]
+    bad = rows[rows["status"].isin(FAILED) | rows["status"].isna()]
+    if bad.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in NOT_OK_COLUMNS})
+    bad = with_series(bad, varying(df)).assign(status=bad["status"].fillna("(missing)"))
+    keys_ = [k for k in POINT_KEYS if k in bad.columns]
+    ok_configs = rows.loc[rows["status"] == "ok", keys_].drop_duplicates()
+    grouped = bad.groupby([*keys_, "status"], dropna=False, sort=True)
+    out = grouped.first().reset_index()
+    out["cells"] = grouped.size().to_numpy()
+    flag = out[keys_].merge(ok_configs.assign(ok_too=True), on=keys_, how="left")["ok_too"]
+    out["ok_too"] = flag.fillna(False).astype(bool).to_numpy()
+    out = out.sort_values(["context_len", "series", "status"], kind="stable").reset_index(drop=True)
+    return out.reindex(columns=list(NOT_OK_COLUMNS))
+
+
 @dataclass(frozen=True)
 class ParetoView:
     x: str
@@ -649,11 +475,13 @@ class ParetoView:
     budget: Budget | None
     best_by: str | None  # the metric `best` is judged on
     chance_accuracy: bool  # an accuracy axis shows a random-weight model: chance level
+    failed: pd.DataFrame  # configurations that did not finish ok at these contexts (not_ok_configs)
 
     @property
     def contexts(self) -> list[int]:
-        both = pd.concat([self.front["context_len"], self.dominated["context_len"]])
-        return sorted(int(c) for c in both.dropna().unique())
+        """Every context with a point or a failure: a context where all failed still gets a panel."""
+        parts = [self.front["context_len"], self.dominated["context_len"], self.failed["context_len"]]
+        return sorted(int(c) for c in pd.concat(parts).dropna().unique())
 
 
 def pareto_view(
@@ -683,6 +511,7 @@ def pareto_view(
         best = best_under_budget(complete, best_by, budget.column, budget.limit, group_by=["context_len"])
     accuracy_axis = [k for k in (x, y) if is_score_key(k)]
     chance = bool(accuracy_axis) and chance_accuracy(df[df["task"].isin([task_of(k) for k in accuracy_axis])])
+    failed = not_ok_configs(df, [x, y], contexts=contexts)
     return ParetoView(
         x=x,
         y=y,
@@ -693,10 +522,8 @@ def pareto_view(
         budget=budget,
         best_by=best_by,
         chance_accuracy=chance,
+        failed=failed,
     )
-
-
-FAILED = tuple(s for s in STATUSES if s != "ok")
 
 
 @dataclass(frozen=True)
@@ -719,15 +546,16 @@ def scaling_view(df: pd.DataFrame, key: str) -> ScalingView:
     estimate = pd.DataFrame(columns=["series", "context_len", "estimate"])
     if est_col is not None:
         # The estimate is analytic, so failed cells' estimates count too: they show where an OOM
-        # was expected.
-        with_est = rows[rows[est_col].notna()].assign(series=series_names(rows, qualify))
+        # was expected. Names are computed on the subset itself: assigning a full-length Series to
+        # an empty frame makes pandas (3.x) adopt its index, i.e. rows of None.
+        with_est = with_series(rows[rows[est_col].notna()], qualify)
         if not with_est.empty:
             estimate = (
                 with_est.groupby(["series", "context_len"], as_index=False)[est_col]
                 .mean()
                 .rename(columns={est_col: "estimate"})
             )
-    failures = rows[rows["status"].isin(FAILED)].assign(series=series_names(rows, qualify))
+    failures = with_series(rows[rows["status"].isin(FAILED)], qualify)
     chance = is_score_key(key) and chance_accuracy(rows)
     return ScalingView(key, measured, estimate, failures, chance)
 

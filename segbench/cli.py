@@ -155,7 +155,7 @@ def cmd_report(args) -> int:
         from segbench.html_report import write_html
 
         try:
-            write_html(df, Path(args.html))
+            write_html(df, Path(args.html), source=Path(args.dir))
         except ImportError as e:  # plotly missing: figures raise a subclass naming the extra
             raise UserError(f"HTML export is not available: {e}") from None
         print(f"wrote {args.html}", file=sys.stderr)

@@ -46,6 +46,10 @@ def build_command(results_dirs: Sequence[str], port: int | None, host: str = "12
         "true",
         "--browser.gatherUsageStats",
         "false",
+        # Results are read, not developed: hide Deploy, Rerun and Clear cache (the page has its own
+        # Reload button). .streamlit/config.toml says the same for a plain `streamlit run`.
+        "--client.toolbarMode",
+        "viewer",
     ]
     # Absolute paths: the app must find them whatever directory streamlit considers current.
     return cmd + ["--", *(str(Path(d).resolve()) for d in results_dirs)]

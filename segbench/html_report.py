@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from segbench import analysis as an
-from segbench import figures
+from segbench import figures, runs
 from segbench.schema import STATUSES
 
 # (x, y) pairs worth a Pareto figure, drawn when both have data; accuracy pairs are added per task.
@@ -32,6 +32,13 @@ h1 { margin-bottom: 0.2em; } .meta { color: #666; }
 table.status { border-collapse: collapse; margin: 1em 0; } table.status td, table.status th {
   border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 """
+
+
+SINGLE_PROCESS_NOTE = (
+    "Each cell ran in one process (workload.process_repeats = 1): TTFT error bars are the min–max of "
+    "the timed prefills inside that process, not a confidence interval over processes. A gap smaller "
+    "than those bars is not decisive; run with process_repeats >= 2 for 95% intervals."
+)
 
 
 def _figures(df: pd.DataFrame) -> list[tuple[str, object]]:
@@ -60,9 +67,38 @@ def _status_table(df: pd.DataFrame) -> str:
     return counts[ordered].to_html(classes="status", escape=True, index_names=False)
 
 
-def write_html(df: pd.DataFrame, path: str | Path, *, title: str = "segbench report") -> Path:
-    """Write the report for result rows `df` (as load_results returns, or the store's) to `path`."""
+def _provenance(df: pd.DataFrame, source: str | Path | None) -> str:
+    """Which directory, host and commit the numbers come from: a copied report must say."""
+    table = runs.run_table(df)
+    items = []
+    for r in table.to_dict("records"):
+        where = r["source"] or (str(source) if source is not None else "rows handed in directly")
+        shas = sorted(set(df.loc[df["source"].fillna("") == r["source"], "git_sha"].dropna()) - {""})
+        dirty = df.loc[df["source"].fillna("") == r["source"], "git_dirty"]
+        commit = ", ".join(shas) if shas else "unknown"
+        if bool((dirty == True).any()):  # noqa: E712 - nullable boolean column
+            commit += " (uncommitted changes)"
+        items.append(
+            f"<li><b>{html.escape(r[runs.RUN])}</b>: {r['cells']} cells from <code>{html.escape(where)}</code>"
+            f" · host {html.escape(r['hosts'] or 'unknown')} · commit <code>{html.escape(commit)}</code></li>"
+        )
+    return "<ul class='meta'>" + "".join(items) + "</ul>" if items else ""
+
+
+def write_html(
+    df: pd.DataFrame, path: str | Path, *, title: str = "segbench report", source: str | Path | None = None
+) -> Path:
+    """Write the report for result rows `df` (as load_results returns, or the store's) to `path`.
+
+    `source` names the results directory the rows came from. The store's rows carry no `source`
+    column; when `source` is given they are re-read from it with load_results, so each suite
+    directory is its own run (directory, start, commit) in the figures and the header.
+    """
     figures.require_plotly()  # fail before writing anything, naming the extra to install
+    if source is not None and ("source" not in df.columns or not df["source"].fillna("").astype(bool).any()):
+        reread = an.load_results([Path(source)])
+        if len(reread) == len(df):
+            df = reread
     df = an.conform(df)  # the store's frame or load_results': same columns and types either way
     sections: list[str] = []
     figs = _figures(df)
@@ -71,13 +107,15 @@ def write_html(df: pd.DataFrame, path: str | Path, *, title: str = "segbench rep
         sections.append(f"<h2>{html.escape(heading)}</h2>\n{body}")
     if not figs:
         sections.append("<p>No ok cell measured anything plottable; see the status table.</p>")
-    sources = sorted(set(df["source"].dropna()) - {""})
     head = [f"<h1>{html.escape(title)}</h1>"]
     head.append(
         f"<p class='meta'>{len(df)} cells · generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
-        + (f" · from {html.escape(', '.join(sources))}" if sources else "")
+        + (f" from <code>{html.escape(str(source))}</code>" if source is not None else "")
         + "</p>"
     )
+    head.append(_provenance(df, source))
+    if df["ttft_s"].notna().any() and not (pd.to_numeric(df["repeat_group"], errors="coerce") > 0).any():
+        head.append(f"<p class='notes'>{html.escape(SINGLE_PROCESS_NOTE)}</p>")
     if an.chance_accuracy(df):
         head.append(
             f"<p class='chance'>⚠ {html.escape(figures.CHANCE_WARNING)} (model_trained is false).</p>"

@@ -296,7 +296,7 @@ def test_load_cells_validates_and_flags(tmp_path):
     write_cells(tmp_path / "suite_a", [good, extra, partial])
     (tmp_path / "suite_a" / "cells" / "9999.json").write_text('{"trunc')  # a cell mid-write
     df = an.load_results([tmp_path])
-    assert list(df.columns) == [*COLUMN_NAMES, "source"]
+    assert list(df.columns) == [*COLUMN_NAMES, "source", "run"]
     assert len(df) == 3 and set(df["source"]) == {str(tmp_path / "suite_a")}
     assert str(df["context_len"].dtype) == "Int64" and str(df["model_trained"].dtype) == "boolean"
     # JSON columns are canonical text: the dict and the string spelling of the same params group together.
@@ -332,7 +332,7 @@ def test_conform_types_a_store_frame():
         [{"method": "full", "context_len": 4096.0, "params": {"k": 1}, "status": "ok", "extra": 1}]
     )
     df = an.conform(raw)
-    assert list(df.columns) == [*COLUMN_NAMES, "source"]
+    assert list(df.columns) == [*COLUMN_NAMES, "source", "run"]
     assert df["context_len"].tolist() == [4096] and df["params"].tolist() == ['{"k":1}']
     assert df["source"].tolist() == [""] and "extra" in "\n".join(df.attrs[an.LOAD_NOTES])
     kept = an.conform(raw.assign(source="runs/a"))
@@ -349,9 +349,233 @@ def test_units_and_names():
     assert an.format_bytes(None) == "–"
     assert an.format_tokens(131072) == "128K" and an.format_tokens(1000) == "1000"
     assert an.axis_title("peak_prefill_mem_bytes") == "Peak prefill memory (GiB)"
-    assert an.axis_title("score:niah") == "Accuracy (niah)"
+    assert an.axis_title("score:niah") == "Accuracy (niah, ×100)"
     assert an.to_display(2.0 * GIB, "kv_cache_bytes") == 2.0
     assert an.from_display(2.0, "kv_cache_bytes") == 2 * GIB and an.from_display(2.0, "ttft_s") == 2.0
+    # Scores are stored in [0, 1] and shown x100, as published tables show them.
+    assert an.to_display(0.25, "score:niah") == pytest.approx(25.0)
+    assert an.from_display(25.0, "score:niah") == pytest.approx(0.25)
+    assert an.format_value("score:niah", 0.8125) == "81.2"
+
+
+def test_memory_unit_follows_the_tables():
+    # format_bytes switches to GiB at 1 GiB; an axis over the same values must say the same unit.
+    small = pd.Series([22 * 2**20, 80 * 2**20])
+    assert an.display_unit("peak_prefill_mem_bytes", small) == "MiB"
+    assert an.format_bytes(small.max()) == "80.00 MiB"
+    assert an.to_display(small, "peak_prefill_mem_bytes", "MiB").tolist() == [22.0, 80.0]
+    assert an.axis_title("peak_prefill_mem_bytes", "MiB") == "Peak prefill memory (MiB)"
+    big = pd.Series([0.5 * GIB, 1.5 * GIB])
+    assert an.display_unit("kv_cache_bytes", big) == "GiB" and an.format_bytes(big.max()) == "1.50 GiB"
+    assert an.display_unit("kv_cache_bytes", pd.Series([None, None])) == "GiB"  # no data: GiB
+    assert an.display_unit("ttft_s", small) == "s"
+    assert an.from_display(80.0, "peak_prefill_mem_bytes", "MiB") == 80 * 2**20
     assert an.metric_info("score:niah").higher_is_better and not an.metric_info("ttft_s").higher_is_better
     with pytest.raises(KeyError):
         an.metric_info("nope")
+
+
+# ------------------------------------------------------------------------------------ runs
+
+
+def test_run_labels_tell_two_runs_of_one_suite_apart(tmp_path):
+    from segbench import runs
+
+    # `make demo` on a fresh clone: the shipped example and the user's own run share a basename.
+    mine = row(started_at="2026-12-01T10:00:05Z", git_sha="b" * 40, hostname="laptop")
+    shipped = row(started_at="2026-11-23T17:13:39+00:00", git_sha="a" * 40, hostname="vm")
+    write_cells(tmp_path / "results" / "cpu_smoke", [mine, mine | {"started_at": "2026-12-01T10:00:01Z"}])
+    write_cells(tmp_path / "results" / "examples" / "cpu_smoke", [shipped])
+    df = an.load_results([tmp_path / "results"])
+    table = runs.run_table(df)
+    # Oldest first; each named by its shortest unique path, earliest start and commit.
+    assert table["run"].tolist() == [
+        "examples/cpu_smoke · 2026-11-23 17:13 · aaaaaaa",
+        "results/cpu_smoke · 2026-12-01 10:00 · bbbbbbb",
+    ]
+    assert table["hosts"].tolist() == ["vm", "laptop"] and table["cells"].tolist() == [1, 2]
+    assert runs.newest_pair(table["run"].tolist()) == tuple(table["run"])  # A: the previous, B: newest
+    assert runs.newest_pair(table["run"].tolist()[:1]) is None
+    # Series carry the run when more than one is loaded, so the two are not pooled into one line.
+    view = an.scaling_view(df.assign(peak_prefill_mem_bytes=GIB), "peak_prefill_mem_bytes")
+    assert sorted(view.measured["series"]) == [
+        "full · examples/cpu_smoke · 2026-11-23 17:13 · aaaaaaa",
+        "full · results/cpu_smoke · 2026-12-01 10:00 · bbbbbbb",
+    ]
+    one = an.load_results([tmp_path / "results" / "cpu_smoke"])
+    assert set(an.series_names(one)) == {"full"}  # one run: no qualifier
+
+
+def test_run_label_counts_other_commits_and_survives_missing_provenance(tmp_path):
+    from segbench import runs
+
+    write_cells(tmp_path / "r", [row(git_sha="c" * 40), row(git_sha="c" * 40), row(git_sha="d" * 40)])
+    assert runs.run_table(an.load_results([tmp_path / "r"]))["run"].tolist() == [
+        "r · start unknown · ccccccc+1"
+    ]
+    bare = an.conform(pd.DataFrame([row()]))
+    assert bare["run"].tolist() == ["run · start unknown · no git sha"]
+
+
+# ------------------------------------------------------------------------------------ no failures, intervals
+
+
+def test_scaling_view_without_failures_has_no_phantom_rows():
+    # The shipped example has no failed cell. Assigning a full-length Series to the empty failure
+    # frame made pandas 3 adopt its index: one row of None per cell ("18 cell(s) not ok").
+    df = an.conform(frame([row(context_len=c, peak_prefill_mem_bytes=c * 1000) for c in (1024, 2048)]))
+    view = an.scaling_view(df, "peak_prefill_mem_bytes")
+    assert view.failures.empty and view.estimate.empty
+    assert view.measured["context_len"].tolist() == [1024, 2048]
+    failing = an.conform(frame([row(), row(context_len=8192, status="oom")]))
+    assert an.scaling_view(failing, "peak_prefill_mem_bytes").failures["context_len"].tolist() == [8192]
+
+
+def test_single_process_timing_gets_its_own_spread_and_says_so():
+    df = frame(
+        [
+            row(ttft_s=0.5, ttft_s_all=[0.45, 0.5, 0.62]),  # one process: min–max of its timings
+            row(context_len=8192, ttft_s=1.0, ttft_s_all=[1.0]),  # one timing: no spread at all
+            row(context_len=16384, ttft_s=2.0, ttft_s_all=[1.9, 2.1]),
+            row(context_len=16384, ttft_s=4.0, ttft_s_all=[3.9, 4.1], repeat_group=1),  # two processes
+        ]
+    )
+    pts = an.metric_points(an.conform(df), ["ttft_s"]).set_index("context_len")
+    assert (pts.loc[4096, "ttft_s_ci_low"], pts.loc[4096, "ttft_s_ci_high"]) == (0.45, 0.62)
+    assert pts.loc[4096, "ttft_s_interval"] == an.INTERVAL_RANGE
+    assert math.isnan(pts.loc[8192, "ttft_s_ci_low"]) and pts.loc[8192, "ttft_s_interval"] == ""
+    # Repeats in separate processes: the t-interval over them (mean 3, s = 1.414, t1 = 12.7062).
+    assert pts.loc[16384, "ttft_s_ci_high"] == pytest.approx(3 + 12.7062 * math.sqrt(2) / math.sqrt(2))
+    assert pts.loc[16384, "ttft_s_interval"] == an.INTERVAL_CI95
+
+
+# ------------------------------------------------------------------------------------ failures on the Pareto view
+
+
+def test_pareto_view_names_configurations_that_failed():
+    df = latency_and_accuracy()
+    df = pd.concat(
+        [
+            df,
+            frame(
+                [
+                    row(
+                        method="snapkv",
+                        label="snapkv",
+                        context_len=8192,
+                        status="timeout",
+                        status_detail="600 s",
+                    )
+                ]
+            ),
+            frame(
+                [row(method="longgen", label="longgen", status="error", repeat_group=1, status_detail="boom")]
+            ),
+        ],
+        ignore_index=True,
+    )
+    view = an.pareto_view(an.conform(df), "peak_prefill_mem_bytes", "ttft_s")
+    failed = view.failed[["context_len", "series", "status", "status_detail", "cells", "ok_too"]]
+    assert failed.values.tolist() == [
+        [4096, "longgen", "error", "boom", 1, True],  # its other repeat is ok: on the plot too
+        [8192, "full", "oom", "CUDA OOM", 1, False],
+        [8192, "snapkv", "timeout", "600 s", 1, False],
+    ]
+    # A context where nothing finished still gets a panel, to say so.
+    assert view.contexts == [4096, 8192]
+    only_4k = an.pareto_view(an.conform(df), "peak_prefill_mem_bytes", "ttft_s", contexts=[4096])
+    assert only_4k.failed["series"].tolist() == ["longgen"]
+
+
+# ------------------------------------------------------------------------------------ timeline
+
+
+def synthetic_trace(config_hash: str, weights: int, peak: int, ttft: float, shape: str, n: int = 200) -> dict:
+    """A trace as the worker writes it (the Timeline contract): memory above the weights either climbs
+    layer by layer to its peak at the end of prefill ("climb") or saws under a flat ceiling ("flat")."""
+    t = np.linspace(0.0, ttft, n)
+    if shape == "climb":
+        extra = np.floor(np.linspace(0, 8, n, endpoint=False) + 1) / 8  # 8 layers, one step each
+    else:
+        extra = 0.6 + 0.4 * (np.arange(n) % 25 == 24)  # one segment's activations at a time
+    b = (weights + extra * (peak - weights)).astype(int)
+    return {
+        "config_hash": config_hash,
+        "source": "cuda_allocated",
+        "t_s": t.round(6).tolist(),
+        "bytes": b.tolist(),
+        "nvml_used_bytes": None,
+        "ttft_s": ttft,
+        "weights_bytes": weights,
+    }
+
+
+def write_trace(suite_dir, trace: dict) -> None:
+    traces = suite_dir / "traces"
+    traces.mkdir(parents=True, exist_ok=True)
+    (traces / f"{trace['config_hash']}.json").write_text(json.dumps(trace))
+
+
+def test_timeline_view_overlays_one_trace_per_series(tmp_path):
+    from segbench import timeline as tl
+
+    suite = tmp_path / "s"
+    rows = [
+        row(label="full", config_hash="f0", peak_prefill_mem_bytes=3 * GIB, weights_bytes=GIB),
+        row(label="full", config_hash="f1", repeat_group=1, peak_prefill_mem_bytes=3 * GIB),
+        row(method="segmented", label="seg", config_hash="s0", peak_prefill_mem_bytes=GIB + GIB // 2),
+        row(method="snapkv", label="snapkv", config_hash="k0", status="oom", status_detail="OOM"),
+        row(method="longgen", label="longgen", config_hash="l0"),  # no trace
+        row(label="full", config_hash="f-8k", context_len=8192),
+    ]
+    write_cells(suite, rows)
+    write_trace(suite, synthetic_trace("f0", GIB, 3 * GIB, 1.0, "climb"))
+    write_trace(suite, synthetic_trace("f1", GIB, 3 * GIB, 1.1, "climb"))
+    write_trace(suite, synthetic_trace("s0", GIB, GIB + GIB // 2, 1.2, "flat"))
+    write_trace(suite, synthetic_trace("k0", GIB, 2 * GIB, 0.4, "climb", n=50))  # died mid-prefill
+    write_trace(suite, synthetic_trace("f-8k", GIB, 5 * GIB, 2.0, "climb"))
+    (suite / "traces" / "l0.json").write_text('{"t_s": [0, 1], "bytes": [1]}')  # broken: said, skipped
+    df = an.load_results([suite])
+    assert tl.contexts_with_traces(df) == [4096, 8192]
+    view = tl.timeline_view(df, 4096)
+    summary = view.summary.set_index("series")
+    assert sorted(summary.index) == ["full", "seg", "snapkv"]
+    assert summary.loc["full", "config_hash"] == "f0"  # the first repeat
+    # Full climbs to its peak at the end of prefill; segmented's peak is no higher than its ceiling.
+    assert summary.loc["full", "peak_bytes"] == 3 * GIB and summary.loc["full", "t_peak_s"] > 0.85
+    assert summary.loc["seg", "peak_bytes"] == GIB + GIB // 2
+    assert summary.loc["snapkv", "status"] == "oom" and summary.loc["snapkv", "samples"] == 50
+    assert view.weights_bytes == GIB
+    assert view.untraced["series"].tolist() == ["longgen"]
+    assert len(view.notes) == 1 and "l0.json" in view.notes[0]
+
+
+def test_read_trace_rejects_what_breaks_the_contract(tmp_path):
+    from segbench import timeline as tl
+
+    good = synthetic_trace("h", GIB, 2 * GIB, 1.0, "climb", n=5)
+    cases = {
+        "not an object": [1, 2],
+        "equally long": good | {"bytes": good["bytes"][:-1]},
+        "not a list of numbers": good | {"t_s": ["0", "1"]},
+        "backwards": good | {"t_s": [0.0, 0.2, 0.1, 0.3, 0.4]},
+        "nvml": good | {"nvml_used_bytes": [1, 2]},
+    }
+    for needle, obj in cases.items():
+        path = tmp_path / "t.json"
+        path.write_text(json.dumps(obj))
+        with pytest.raises(tl.TraceError, match=needle.split()[0]):
+            tl.read_trace(path)
+    path.write_text(json.dumps(good))
+    trace = tl.read_trace(path)
+    assert trace.weights_bytes == GIB and trace.ttft_s == 1.0 and len(trace.t_s) == 5
+
+
+def test_decimate_keeps_the_peak():
+    from segbench import timeline as tl
+
+    t = np.arange(10_000, dtype=float)
+    y = np.zeros(10_000)
+    y[7_777] = 5.0
+    dt, dy = tl.decimate(t, y, 100)
+    assert len(dt) == 100 and dy.max() == 5.0 and 7_777.0 in dt

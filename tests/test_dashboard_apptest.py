@@ -21,8 +21,11 @@ pytest.importorskip(
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from segbench.schema import empty_row  # noqa: E402
+from tests.test_analysis import synthetic_trace, write_trace  # noqa: E402
 
-APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "dashboard" / "app.py"
+EXAMPLES = ROOT / "results" / "examples"
 GIB = 2**30
 CONTEXTS = (4096, 8192, 16384, 32768)
 # A small GQA model: 16 layers x 8 KV heads x 64 dims x K and V x 2 bytes per token.
@@ -98,13 +101,17 @@ FAILURES = {
 }
 
 
-def synthetic_rows(repeats: int = 2, seed: int = 0) -> list[dict]:
-    """Latency cells (with repeats) and `niah` accuracy cells, from a simple cost model plus noise."""
+def synthetic_rows(repeats: int = 2, seed: int = 0, failures: dict | None = None) -> list[dict]:
+    """Latency cells (with repeats) and `niah` accuracy cells, from a simple cost model plus noise.
+
+    Failed cells keep their analytic estimates (`est_*`), as the worker writes them.
+    """
     rng = random.Random(seed)
+    failures = FAILURES if failures is None else failures
     rows = []
     for method, label, params in METHODS:
         for ctx in CONTEXTS:
-            failure = FAILURES.get((label, ctx))
+            failure = failures.get((label, ctx))
             for rep in range(repeats):
                 r = _base(method, label, params, ctx, rep)
                 if failure:
@@ -141,31 +148,46 @@ def synthetic_rows(repeats: int = 2, seed: int = 0) -> list[dict]:
     return rows
 
 
-def write_suite(suite_dir: Path, rows: list[dict]) -> Path:
+def write_suite(suite_dir: Path, rows: list[dict], traces: bool = False) -> Path:
+    """Cell files, and with `traces` a memory trace (the Timeline contract) per repeat-0 latency cell."""
     cells = suite_dir / "cells"
     cells.mkdir(parents=True)
     for i, r in enumerate(rows):
         (cells / f"{i:05d}-{r['config_hash']}.json").write_text(json.dumps(r))
+        if traces and not r["task"] and r["repeat_group"] == 0 and r["status"] in ("ok", "oom"):
+            peak = r["peak_prefill_mem_bytes"] or r["est_peak_prefill_bytes"]
+            ttft = r["ttft_s"] or 0.5
+            shape = "flat" if r["method"] == "segmented" else "climb"
+            write_trace(suite_dir, synthetic_trace(r["config_hash"], WEIGHTS, peak, ttft, shape))
     return suite_dir
 
 
 @pytest.fixture
 def results(tmp_path, monkeypatch) -> Path:
-    """One run of the synthetic suite."""
-    root = write_suite(tmp_path / "results" / "run_a", synthetic_rows())
+    """One run of the synthetic suite, failures and memory traces included."""
+    root = write_suite(tmp_path / "results" / "run_a", synthetic_rows(), traces=True)
+    monkeypatch.setenv("SEGBENCH_RESULTS", str(root))
+    return root
+
+
+@pytest.fixture
+def clean(tmp_path, monkeypatch) -> Path:
+    """One run where every cell finished ok (as in the shipped example)."""
+    root = write_suite(tmp_path / "results" / "clean", synthetic_rows(failures={}))
     monkeypatch.setenv("SEGBENCH_RESULTS", str(root))
     return root
 
 
 @pytest.fixture
 def two_runs(tmp_path, monkeypatch) -> Path:
-    """A parent of two runs of the same cells; in run B every TTFT is 20% lower."""
+    """A parent of two runs of the same cells; run B started a day later and every TTFT is 20% lower."""
     root = tmp_path / "results"
     write_suite(root / "run_a", synthetic_rows())
     faster = []
     for r in synthetic_rows():
         if r["ttft_s"] is not None:
             r["ttft_s"] *= 0.8
+        r["started_at"] = r["started_at"].replace("2025-01-01", "2025-01-02")
         faster.append(r)
     write_suite(root / "run_b", faster)
     monkeypatch.setenv("SEGBENCH_RESULTS", str(root))
@@ -235,6 +257,70 @@ def test_pareto_renders_fronts_per_context(results):
     others = [h for t in at_32k if t["name"] != "segmented-4k" for h in t["hovertext"]]
     assert len(others) == 3 and all("dominated by segmented-4k" in h for h in others)
     assert "Peak prefill memory (GiB)" in json.dumps(spec["layout"])
+    # Hover text is escaped once: plotly shows &quot; literally.
+    hover = [h for t in traces(spec, "points") for h in t["hovertext"]]
+    assert '{"segment":4096}' in " ".join(hover) and "&quot;" not in " ".join(hover)
+
+
+def test_pareto_names_what_failed_and_why(results):
+    at = start()
+    # 4K: streamingllm skipped; 16K: snapkv-2k errored; 32K: full OOM, longgen timeout.
+    said = " ".join(w.value for w in at.warning)
+    assert "Not on the plot" in said
+    assert "4K: **streamingllm** (skipped)" in said and "16K: **snapkv-2k** (error)" in said
+    assert "32K: **full** (OOM), **longgen** (timeout)" in said
+    why = table(at, "status_detail")
+    assert why.set_index("series").loc["full", "status_detail"].startswith("torch.OutOfMemoryError")
+    spec = chart(at, "pareto_chart")
+    notes = {a["name"]: a for a in spec["layout"]["annotations"] if a.get("name", "").startswith("not-ok")}
+    assert set(notes) == {"not-ok:4096", "not-ok:16384", "not-ok:32768"}
+    assert (
+        "full: OOM" in notes["not-ok:32768"]["text"] and "longgen: timeout" in notes["not-ok:32768"]["text"]
+    )
+    assert "CUDA out of memory" in notes["not-ok:32768"]["hovertext"]
+
+
+def test_pareto_and_scaling_without_failures(clean):
+    at = start()
+    assert not any("Not on the plot" in w.value for w in at.warning)
+    spec = chart(at, "pareto_chart")
+    assert not [a for a in spec["layout"].get("annotations", []) if a.get("name", "").startswith("not-ok")]
+    at.radio(key="page").set_value("Scaling").run()
+    assert not at.exception
+    spec = chart(at, "scaling_chart")
+    # One panel: its x axis has the ticks and the title (no empty failure strip holding them).
+    assert traces(spec, "failure") == [] and "xaxis2" not in spec["layout"]
+    xaxis = spec["layout"]["xaxis"]
+    assert xaxis["ticktext"] == ["4K", "8K", "16K", "32K"] and xaxis["title"]["text"].startswith("Context")
+    assert not any("not ok" in e.label for e in at.expander)
+    assert any("finished ok" in c.value for c in at.caption)
+
+
+def test_two_runs_are_told_apart(two_runs):
+    at = start("Scaling")
+    spec = chart(at, "scaling_chart")
+    names = {t["meta"]["series"] for t in traces(spec, "measured")}
+    assert len(names) == 12  # 6 labels x 2 runs, never pooled into one zig-zag line
+    assert "full · run_a · 2025-01-01 00:04 · 0123456" in names
+    assert "full · run_b · 2025-01-02 00:04 · 0123456" in names
+    runs = at.multiselect(key="filter_source")
+    assert runs.options == ["run_a · 2025-01-01 00:04 · 0123456", "run_b · 2025-01-02 00:04 · 0123456"]
+
+
+def test_shipped_example_in_mib_with_an_honest_note(monkeypatch):
+    # The committed CPU example: no failures, memory of tens of MiB, one process per cell.
+    monkeypatch.setenv("SEGBENCH_RESULTS", str(EXAMPLES))
+    at = start()
+    spec = chart(at, "pareto_chart")
+    assert spec["layout"]["xaxis"]["title"]["text"] == "Peak prefill memory (MiB)"
+    assert all(10 < x < 100 for t in traces(spec, "points") for x in t["x"])  # MiB, as the tables say
+    assert any("one process" in i.value and "min–max" in i.value for i in at.info)
+    with_bars = [t for t in traces(spec, "points") if t.get("error_y")]
+    assert with_bars and all(len(t["error_y"]["array"]) == len(t["y"]) for t in with_bars)
+    at.radio(key="page").set_value("Scaling").run()
+    spec = chart(at, "scaling_chart")
+    assert spec["layout"]["xaxis"]["ticktext"] == ["1K", "2K", "4K"]
+    assert spec["layout"]["yaxis"]["title"]["text"] == "Peak prefill memory (MiB)"
 
 
 def test_pareto_axis_and_context_controls_change_the_figure(results):
@@ -297,6 +383,9 @@ def test_scaling_shows_failures_and_estimates(results):
     estimates = traces(spec, "estimate")
     assert len(estimates) == len(traces(spec, "measured")) == 6
     assert all(t["line"]["dash"] == "dash" for t in estimates)
+    # The failed cells' own estimates continue the dashed lines where the OOM and timeout happened.
+    by_series = {t["meta"]["series"]: t["x"] for t in estimates}
+    assert by_series["full"][-1] == by_series["longgen"][-1] == 32768
     # The failure strip has a labelled row for each series that failed somewhere, and no others.
     assert spec["layout"]["yaxis2"]["categoryarray"] == ["streamingllm", "snapkv-2k", "longgen", "full"]
     xaxis = spec["layout"]["xaxis"]
@@ -314,6 +403,9 @@ def test_scaling_metric_control_changes_the_figure(results):
     assert full["y"] == sorted(full["y"])  # TTFT grows with the prompt
     at.selectbox(key="scaling_metric").set_value("score:niah").run()
     assert any("chance" in w.value for w in at.warning)
+    spec = chart(at, "scaling_chart")
+    assert spec["layout"]["yaxis"]["title"]["text"] == "Accuracy (niah, ×100)"
+    assert all(5 < y < 30 for t in traces(spec, "measured") for y in t["y"])  # stored 0.1-0.2, shown x100
 
 
 # ------------------------------------------------------------------------------------ Cells
@@ -339,9 +431,15 @@ def test_cells_lists_failures_and_provenance(results):
 
 def test_compare_runs_ratios(two_runs):
     at = start("Compare runs")
+    # B is the newest run, A the one before: B / A < 1 means the newest run got cheaper.
+    assert at.selectbox(key="compare_a").value.startswith("run_a")
+    assert at.selectbox(key="compare_b").value.startswith("run_b")
     compared = table(at, "present")
     both = compared[compared["present"] == "both"]
-    assert both["ttft_s_ratio"].dropna().round(6).eq(0.8).all() and both["ttft_s_ratio"].notna().any()
+    assert both["TTFT B / A"].dropna().round(6).eq(0.8).all() and both["TTFT B / A"].notna().any()
+    # Values are in the unit their header names: 1-5 GiB here, not raw bytes.
+    mem = both["Peak prefill memory A (GiB)"].dropna()
+    assert mem.between(1, 6).all() and not mem.empty
     spec = chart(at, "compare_chart")
     assert all(abs(y - 1.0) < 1e-9 for t in traces(spec, "ratio") for y in t["y"])  # memory: unchanged
     at.selectbox(key="compare_plot_metric").set_value("ttft_s").run()
@@ -352,9 +450,9 @@ def test_compare_runs_ratios(two_runs):
 def test_compare_needs_two_runs(two_runs):
     at = start("Compare runs")
     runs = at.multiselect(key="filter_source")
-    runs.set_value([v for v in runs.value if v.endswith("run_a")]).run()
+    runs.set_value([v for v in runs.value if v.startswith("run_a")]).run()
     assert not at.get("plotly_chart")
-    assert any("two result directories" in i.value for i in at.info)
+    assert any("needs two runs" in i.value for i in at.info)
 
 
 def test_empty_results_dir_says_so(tmp_path, monkeypatch):
@@ -377,9 +475,16 @@ def test_consistency_page_shows_the_training_table(tmp_path, monkeypatch):
     import json as _json
 
     summary = {
-        "n": 40, "chance": 6.25,
-        "seg_trained": {"seg_infer": {"score": 50.0, "ci95": [35.0, 65.0]}, "full_infer": {"score": 45.0, "ci95": [30.0, 60.0]}},
-        "full_trained": {"seg_infer": {"score": 10.0, "ci95": [4.0, 23.0]}, "full_infer": {"score": 55.0, "ci95": [40.0, 69.0]}},
+        "n": 40,
+        "chance": 6.25,
+        "seg_trained": {
+            "seg_infer": {"score": 50.0, "ci95": [35.0, 65.0]},
+            "full_infer": {"score": 45.0, "ci95": [30.0, 60.0]},
+        },
+        "full_trained": {
+            "seg_infer": {"score": 10.0, "ci95": [4.0, 23.0]},
+            "full_infer": {"score": 55.0, "ci95": [40.0, 69.0]},
+        },
         "provenance": {"git_sha": "abc"},
     }
     (tmp_path / "consistency").mkdir()
@@ -391,3 +496,67 @@ def test_consistency_page_shows_the_training_table(tmp_path, monkeypatch):
     shown = at.dataframe[0].value
     assert shown.loc["trained full", "segmented inference"] == "10.0 [4.0, 23.0]"
     assert shown.loc["trained segmented", "full inference"] == "45.0 [30.0, 60.0]"
+
+
+def test_compare_preselects_metrics_with_data(tmp_path, monkeypatch):
+    latency_only = [r for r in synthetic_rows() if not r["task"]]
+    write_suite(tmp_path / "results" / "a", latency_only)
+    write_suite(tmp_path / "results" / "b", latency_only)
+    monkeypatch.setenv("SEGBENCH_RESULTS", str(tmp_path / "results"))
+    at = start("Compare runs")
+    assert "score" not in at.multiselect(key="compare_metrics").value  # no accuracy rows: not offered
+    assert at.selectbox(key="compare_plot_metric").value == "peak_prefill_mem_bytes"
+
+
+# ------------------------------------------------------------------------------------ Timeline
+
+
+def test_timeline_overlays_methods_at_one_context(results):
+    at = start("Timeline")
+    assert at.selectbox(key="timeline_ctx").value == 32768  # the longest context by default
+    spec = chart(at, "timeline_chart")
+    lines = {t["meta"]["series"]: t for t in traces(spec, "timeline")}
+    # Every latency label with a trace at 32K; full's OOM cell has one too (where it died).
+    assert set(lines) == {"full", "segmented-4k", "snapkv-1k", "snapkv-2k", "streamingllm", "longgen"} - {
+        "longgen"
+    }
+    assert all(len(t["x"]) == len(t["y"]) > 10 for t in lines.values())
+    assert spec["layout"]["yaxis"]["title"]["text"] == "Memory (GiB)"
+    peaks = {t["meta"]["series"]: t for t in traces(spec, "peak")}
+    # Full climbs to its peak at the end of prefill; segmented stays flat below it.
+    assert peaks["full"]["y"][0] > peaks["segmented-4k"]["y"][0]
+    assert max(lines["segmented-4k"]["y"]) == pytest.approx(peaks["segmented-4k"]["y"][0])
+    assert any("No trace at this context for: longgen (timeout)" in c.value for c in at.caption)
+    at.checkbox(key="timeline_over_weights").check().run()
+    spec = chart(at, "timeline_chart")
+    assert spec["layout"]["yaxis"]["title"]["text"].startswith("Memory minus weights")
+    at.selectbox(key="timeline_ctx").set_value(4096).run()
+    assert not at.exception
+    assert {t["meta"]["series"] for t in traces(chart(at, "timeline_chart"), "timeline")} == {
+        "full", "segmented-4k", "snapkv-1k", "snapkv-2k", "longgen"
+    }  # fmt: skip
+
+
+def test_timeline_without_traces_says_how_to_get_them(clean):
+    at = start("Timeline")
+    assert not at.get("plotly_chart")
+    assert any("No memory traces" in i.value for i in at.info)
+
+
+# ------------------------------------------------------------------------------------ axes
+
+
+def test_log_axes_get_few_round_labels(results):
+    from segbench.figures import context_ticks
+
+    at = start()
+    at.checkbox(key="pareto_log_x").check().run()
+    assert not at.exception
+    spec = chart(at, "pareto_chart")
+    # plotly's own log ticks label 2..9 of every decade, which overlapped in a narrow panel.
+    xaxis = spec["layout"]["xaxis"]
+    assert xaxis["type"] == "log" and 2 <= len(xaxis["tickvals"]) <= 7
+    assert xaxis["ticktext"] == [f"{v:g}" for v in xaxis["tickvals"]]
+    # Context ticks: never two labels closer than 1.45x (1000 and 1K overlap); the longest kept.
+    assert context_ticks([1000, 1024, 2048, 3072, 4096]) == [1000, 2048, 4096]
+    assert context_ticks([4096 * 2**i for i in range(6)]) == [4096 * 2**i for i in range(6)]

@@ -5,18 +5,16 @@ Also the launcher's own behaviour (no streamlit, non-loopback host), which needs
 
 from __future__ import annotations
 
-import contextlib
+import importlib.util
 import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -75,6 +73,7 @@ def test_launch_warns_off_loopback_and_runs_the_app(monkeypatch, tmp_path, capsy
         cmd[cmd.index("--server.port") + 1] == "8601" and cmd[cmd.index("--server.address") + 1] == "0.0.0.0"
     )
     assert cmd[cmd.index("--") + 1 :] == [str(tmp_path.resolve())]
+    assert cmd[cmd.index("--client.toolbarMode") + 1] == "viewer"  # no Deploy button for readers
     assert dl.launch([str(tmp_path)], None) == 0
     assert "warning" not in capsys.readouterr().err  # loopback by default
     assert "--server.port" not in ran[1]
@@ -109,34 +108,49 @@ def test_launch_stops_the_server_on_sigterm(monkeypatch, tmp_path):
 # ------------------------------------------------------------------------------------ browser
 
 
-def _cell(label: str, mem_gib: float | None, ttft: float | None, status: str = "ok") -> dict:
+def _screenshots():
+    """scripts/screenshots.py as a module: the tests drive the dashboard with its helpers."""
+    spec = importlib.util.spec_from_file_location("segbench_screenshots", ROOT / "scripts" / "screenshots.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+shots = _screenshots()
+
+
+def _cell(label: str, mem_gib: float | None, ttft: float | None, status: str = "ok", ctx: int = 8192) -> dict:
     r = empty_row()
     r.update(
         suite="browser",
         method=label,
         label=label,
-        params="{}",
+        params='{"note": "quoted \\"text\\""}',
         model="tiny-random",
         model_trained=False,
         dtype="bfloat16",
         device="cuda",
-        context_len=8192,
+        context_len=ctx,
         decode_tokens=16,
         task="",
         repeat_group=0,
-        config_hash=f"{label}-8192",
+        config_hash=f"{label}-{ctx}",
         status=status,
         status_detail=None if status == "ok" else "torch.OutOfMemoryError: CUDA out of memory",
         peak_prefill_mem_bytes=None if mem_gib is None else int(mem_gib * GIB),
+        est_peak_prefill_bytes=int((mem_gib or 12) * GIB),
+        weights_bytes=GIB,
         ttft_s=ttft,
         hostname="node-01",
+        git_sha="0123456789abcdef0123456789abcdef01234567",
+        started_at="2026-11-30T09:00:00Z",
     )
     return r
 
 
-# One context, memory vs TTFT worked out by hand: longgen (7 GiB, 2.0 s) is beaten by snapkv (6, 1.2)
+# At 8K, memory vs TTFT worked out by hand: longgen (7 GiB, 2.0 s) is beaten by snapkv (6, 1.2)
 # and segmented (4, 1.5); the other four trade memory for time, so the front has 4 points. The OOM
-# cell has no numbers and must not be drawn.
+# cell has no numbers and must not be drawn, but must be named. At 4K every cell is ok.
 CELLS = [
     _cell("full", 10, 1.0),
     _cell("snapkv", 6, 1.2),
@@ -144,105 +158,131 @@ CELLS = [
     _cell("streamingllm", 3, 3.0),
     _cell("longgen", 7, 2.0),
     _cell("full-fp32", None, None, status="oom"),
+] + [
+    _cell(label, mem / 2, ttft / 2, ctx=4096)
+    for label, mem, ttft in (("full", 6, 1.0), ("segmented", 3, 1.5))
 ]
 EXPECTED_FRONT = 4
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _write_run(suite_dir: Path, cells: list[dict], traces: bool) -> None:
+    from tests.test_analysis import synthetic_trace, write_trace
+
+    (suite_dir / "cells").mkdir(parents=True)
+    for cell in cells:
+        (suite_dir / "cells" / f"{cell['config_hash']}.json").write_text(json.dumps(cell))
+        if traces and cell["context_len"] == 8192:
+            peak = cell["peak_prefill_mem_bytes"] or 12 * GIB
+            shape = "flat" if cell["method"] == "segmented" else "climb"
+            write_trace(
+                suite_dir, synthetic_trace(cell["config_hash"], GIB, peak, cell["ttft_s"] or 0.6, shape)
+            )
 
 
-def _wait_healthy(proc: subprocess.Popen, port: int, log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"streamlit exited with {proc.returncode}:\n{log.read_text()}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        time.sleep(0.5)
-    pytest.fail(f"streamlit did not answer on port {port} in {timeout} s:\n{log.read_text()}")
-
-
-@pytest.fixture
-def server(tmp_path):
-    """The dashboard on a free port over a synthesized results dir; always stopped afterwards."""
+def _require_browser():
     pytest.importorskip(
         "streamlit", reason="the dashboard extra is not installed: pip install 'segbench[dashboard]'"
     )
-    cells = tmp_path / "results" / "browser" / "cells"
-    cells.mkdir(parents=True)
-    for cell in CELLS:
-        (cells / f"{cell['config_hash']}.json").write_text(json.dumps(cell))
-    port = _free_port()
-    log = tmp_path / "streamlit.log"
-    env = {**os.environ, "STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none"}  # nothing to hot-reload here
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            dl.build_command([str(tmp_path / "results")], port),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    try:
-        _wait_healthy(proc, port, log)
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install playwright")
+    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set SEGBENCH_CHROMIUM)")
+
+
+def _tick_labels(tab, axis: str = "x") -> list[str]:
+    """The tick labels plotly drew on the first figure's `axis` axes (groups xtick, x2tick, ...)."""
+    return tab.evaluate(
+        """(axis) => [...document.querySelector('.js-plotly-plot').querySelectorAll('g')]
+               .filter(g => new RegExp('^' + axis + '[0-9]*tick$').test(g.getAttribute('class') || ''))
+               .map(g => g.textContent).filter(t => t)""",
+        axis,
+    )
+
+
+def _axis_titles(tab, axis: str) -> list[str]:
+    """The titles plotly drew on the first figure's `axis` axes (classes xtitle, x2title, ...)."""
+    return tab.evaluate(
+        """(axis) => [...document.querySelector('.js-plotly-plot').querySelectorAll('text')]
+               .filter(t => new RegExp('^' + axis + '[0-9]*title$').test(t.getAttribute('class') || ''))
+               .map(t => t.textContent)""",
+        axis,
+    )
 
 
 @pytest.mark.browser
-@pytest.mark.slow  # 15-70 s on 2 busy cores: Chromium parses Streamlit's and plotly's bundles
-def test_browser_shows_pareto_front(server):
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright is not installed: pip install playwright"
-    )
-    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set SEGBENCH_CHROMIUM)")
+@pytest.mark.slow  # 30-120 s on 2 busy cores: Chromium parses Streamlit's and plotly's bundles
+def test_browser_failures_two_runs_and_a_timeline(tmp_path):
+    """Two runs of one suite (the second a day later), one with an OOM and memory traces."""
+    _require_browser()
+    results = tmp_path / "results"
+    _write_run(results / "gpu_a" / "browser", CELLS, traces=True)
+    later = [c | {"started_at": "2026-12-01T09:00:00Z"} for c in CELLS if c["status"] == "ok"]
+    _write_run(results / "gpu_b" / "browser", later, traces=False)
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(server, wait_until="domcontentloaded", timeout=60_000)
-            page.wait_for_function(
-                "() => { const g = document.querySelector('.js-plotly-plot');"
-                " return g && g.data && g.data.some(t => t.meta && t.meta.role === 'pareto-front'); }",
-                timeout=90_000,
-            )
-            traces = page.evaluate(
-                "() => document.querySelector('.js-plotly-plot').data.map(t => ({"
-                " role: t.meta && t.meta.role, name: t.name, n: t.x ? t.x.length : 0,"
-                " onFront: t.meta && t.meta.on_front }))"
-            )
-            page.wait_for_timeout(500)  # let the chart finish its first paint for the screenshot
-            page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
-            title = page.locator(".js-plotly-plot .gtitle").first.text_content()
-        finally:
-            browser.close()
+    with shots.serve([results], log=tmp_path / "streamlit.log") as url, shots.browser() as b:
+        pareto = shots.open_page(b, url, "Pareto")
+        traces = shots.figure_traces(pareto)
+        text = pareto.evaluate("() => document.body.innerText")
+        deploy = pareto.locator('[data-testid="stAppDeployButton"]').count()
+        pareto.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        title = pareto.locator(".js-plotly-plot .gtitle").first.text_content()
+        hover = pareto.evaluate(
+            "() => document.querySelector('.js-plotly-plot').data.filter(t => t.hovertext)"
+            ".map(t => t.hovertext.join(' ')).join(' ')"
+        )
+        scaling = shots.open_page(b, url, "Scaling")
+        scaling_ticks = _tick_labels(scaling)
+        scaling_title = " ".join(_axis_titles(scaling, "x"))
+        timeline = shots.open_page(b, url, "Timeline")
+        lines = [t for t in shots.figure_traces(timeline) if t["role"] == "timeline"]
+        drawn_paths = timeline.evaluate(
+            "() => [...document.querySelectorAll('.js-plotly-plot .scatterlayer path.js-line')]"
+            ".filter(p => (p.getAttribute('d') || '').length > 20).length"
+        )
+        timeline.screenshot(path=str(ARTIFACTS / "dashboard-timeline.png"))
+    # Pareto: the front at 8K pools both runs (equal points are both on it), each run named apart.
     fronts = [t for t in traces if t["role"] == "pareto-front"]
-    assert len(fronts) == 1 and fronts[0]["n"] == EXPECTED_FRONT
-    points = {t["name"]: t for t in traces if t["role"] == "points"}
-    assert set(points) == {"full", "snapkv", "segmented", "streamingllm", "longgen"}  # no OOM cell
-    assert points["longgen"]["onFront"] == [False]
-    assert sum(sum(t["onFront"]) for t in points.values()) == EXPECTED_FRONT
+    assert sorted(t["n"] for t in fronts) == [2 * 2, 2 * EXPECTED_FRONT]  # 4K: full and segmented trade off
+    points = {t["name"] for t in traces if t["role"] == "points"}
+    assert "full · gpu_a/browser · 2026-11-30 09:00 · 0123456" in points
+    assert "full · gpu_b/browser · 2026-12-01 09:00 · 0123456" in points
+    assert not any(name.startswith("full-fp32") for name in points)  # the OOM cell: not drawn
     assert "Pareto front" in title
+    # ... but named, with why, where the user looks.
+    assert "Not on the plot" in text and "full-fp32" in text and "(OOM)" in text
+    assert '"quoted' in hover and "&quot;" not in hover  # escaped once
+    assert deploy == 0  # toolbarMode viewer: no Deploy button
+    # Scaling: the x axis is labelled at the measured lengths.
+    assert {"4K", "8K"} <= set(scaling_ticks) and scaling_title.startswith("Context length")
+    # Timeline: one line per method traced at 8K, drawn as SVG paths.
+    assert {t["name"] for t in lines} >= {"full · gpu_a/browser · 2026-11-30 09:00 · 0123456"}
+    assert len(lines) == 6 and all(t["n"] > 10 for t in lines) and drawn_paths >= 6
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_browser_shipped_example_without_failures(tmp_path):
+    """The committed example (no cell failed) as a fresh clone shows it, through the screenshot script."""
+    _require_browser()
+    examples = ROOT / "results" / "examples"
+    with shots.serve([examples], log=tmp_path / "streamlit.log") as url, shots.browser() as b:
+        scaling = shots.open_page(b, url, "Scaling")
+        ticks = _tick_labels(scaling)
+        titles = _axis_titles(scaling, "x") + _axis_titles(scaling, "y")
+        pareto = shots.open_page(b, url, "Pareto")
+        text = pareto.evaluate("() => document.body.innerText")
+    assert ticks == ["1K", "2K", "4K"]
+    assert titles == ["Context length (tokens, log2)", "Peak prefill memory (MiB)"]
+    assert "Not on the plot" not in text and "one process" in text
+    assert shots.main(["--results", str(examples), "--out", str(tmp_path / "docs"), "--pages", "Pareto"]) == 0
+    assert (tmp_path / "docs" / "dashboard-pareto.png").stat().st_size > 10_000
 
 
 def test_core_modules_import_no_ui_package():
     # The CLI imports these on a bare GPU image: plotly and streamlit may only load when used.
     code = (
-        "import sys, segbench.dashboard_launcher as d, segbench.html_report, segbench.figures, segbench.analysis;"
+        "import sys, segbench.dashboard_launcher as d, segbench.html_report, segbench.figures, segbench.analysis,"
+        " segbench.timeline, segbench.timeline_figure, segbench.runs, segbench.metrics, segbench.loading;"
         "d.app_path(); print(sorted(m for m in ('streamlit', 'plotly') if m in sys.modules))"
     )
     out = subprocess.run([dl.sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -310,3 +350,27 @@ def test_html_report_draws_offline_in_chromium(report):
         finally:
             browser.close()
     assert len(drawn) == 9 and all(n > 0 for n in drawn)
+
+
+def test_html_report_header_and_no_phantom_failures(tmp_path):
+    """The shipped example through `segbench report --html`: every cell ok, so no failure strip and
+    no rows of None; the header names the source directory, host and commit."""
+    pytest.importorskip(
+        "plotly", reason="the dashboard extra is not installed: pip install 'segbench[dashboard]'"
+    )
+    suite = tmp_path / "results" / "cpu_smoke"
+    shutil.copytree(ROOT / "results" / "examples" / "cpu_smoke", suite)  # report rewrites its parquet
+    out = tmp_path / "report.html"
+    done = subprocess.run(
+        [sys.executable, "-m", "segbench.cli", "report", str(tmp_path / "results"), "--html", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    text = out.read_text(encoding="utf-8")
+    head = text[: text.index("Cells by status")]
+    assert str(suite) in head and "host vm" in head and "5e74ac94f062f537542f8133f6a7db761406fdca" in head
+    assert "cpu_smoke · 2026-11-23 17:13 · 5e74ac9" in head and "18 cells" in head
+    assert "one process" in head  # process_repeats = 1: the TTFT bars are said to be in-process spread
+    assert '"role":"failure"' not in text  # no failure strip: nothing failed
+    assert "Peak prefill memory (MiB)" in text and "Context length (tokens, log2)" in text
