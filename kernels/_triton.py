@@ -36,7 +36,7 @@ except ImportError:  # pragma: no cover - exercised only on installs without tri
     triton = tl = _NoTriton()  # type: ignore[assignment]
 
 __all__ = ["HAS_TRITON", "INTERPRETED", "SHARED_LIMIT", "can_run", "check_offsets", "interpreting", "launch_first_fitting",
-           "require", "shared_limit", "sm_count", "tile_shared_bytes", "tl", "triton"]
+           "require", "shared_limit", "sm_count", "target", "tile_shared_bytes", "tl", "triton"]
 
 # Largest dynamic shared memory one block may opt into, by compute capability x10 (CUDA's tables):
 # the fallback when torch does not report ``shared_memory_per_block_optin``.
@@ -129,3 +129,9 @@ def launch_first_fitting(launch, configs: list[dict], shared_of, device: torch.d
                 raise
             errors.append(f"{config}: {exc}")
     raise RuntimeError(f"{what}: every tile configuration ran out of GPU resources: " + "; ".join(errors))
+
+
+def target(device: torch.device) -> str:
+    """The device type whose tile configs a launch uses ("cuda" or the interpreter's "cpu").
+    compile_check replaces it in the kernel modules to record GPU launches from CPU tensors."""
+    return device.type

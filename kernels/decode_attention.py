@@ -26,7 +26,16 @@ import math
 import torch
 
 from ._softmax import online_softmax_update
-from ._triton import check_offsets, launch_first_fitting, require, sm_count, tile_shared_bytes, tl, triton
+from ._triton import (
+    check_offsets,
+    launch_first_fitting,
+    require,
+    sm_count,
+    target,
+    tile_shared_bytes,
+    tl,
+    triton,
+)
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 128  # the merge kernel holds every split of one head in registers
@@ -217,7 +226,7 @@ def _decode(
         kv_lens_B = kv_lens_B.to(device=q_BHD.device, dtype=torch.int32)
     group_pad = max(16, triton.next_power_of_2(group))
     candidates = [dict(BLOCK_N=bn, num_warps=w, num_stages=st)
-                  for bn, w, st in configs(q_BHD.dtype, head_dim, q_BHD.device.type)]
+                  for bn, w, st in configs(q_BHD.dtype, head_dim, target(q_BHD.device))]
     if block_n is not None:  # a block list (block-sparse decode) fixes the key block; stages can still drop
         candidates = [c | {"BLOCK_N": block_n} for c in candidates]
     candidates = [c | {k: v for k, v in (("num_warps", num_warps), ("num_stages", num_stages)) if v} for c in candidates]

@@ -38,7 +38,7 @@ import math
 import torch
 
 from ._softmax import online_softmax_update
-from ._triton import check_offsets, launch_first_fitting, require, tile_shared_bytes, tl, triton
+from ._triton import check_offsets, launch_first_fitting, require, target, tile_shared_bytes, tl, triton
 from .decode_attention import MAX_SPLITS, choose_splits, merge_splits
 from .decode_attention import configs as _split_configs
 
@@ -349,7 +349,7 @@ def _segmented(
     lse_arg = lse if lse is not None else out  # never written when WRITE_LSE is False
     lse_strides = lse.stride() if lse is not None else (0, 0, 0)
     candidates = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
-                  for bm, bn, w, st in configs(q_BHLD.dtype, head_dim, q_BHLD.device.type)]
+                  for bm, bn, w, st in configs(q_BHLD.dtype, head_dim, target(q_BHLD.device))]
     overrides = {k: v for k, v in (("BLOCK_M", block_m), ("BLOCK_N", block_n), ("num_warps", num_warps),
                                    ("num_stages", num_stages)) if v}
     candidates = [c | overrides for c in candidates]
@@ -388,7 +388,7 @@ def _segmented_few(
     rows = max(16, triton.next_power_of_2(len_q * group))
     len_a, len_b = ka.shape[2], kb.shape[2]
     dev = q_BHLD.device
-    candidates = [dict(BLOCK_N=bn, num_warps=w, num_stages=st) for bn, w, st in _split_configs(q_BHLD.dtype, head_dim, dev.type)]
+    candidates = [dict(BLOCK_N=bn, num_warps=w, num_stages=st) for bn, w, st in _split_configs(q_BHLD.dtype, head_dim, target(dev))]
     overrides = {k: v for k, v in (("BLOCK_N", block_n), ("num_warps", num_warps), ("num_stages", num_stages)) if v}
     candidates = [c | overrides for c in candidates]
 
