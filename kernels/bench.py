@@ -324,6 +324,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=25, help="do_bench warm-up, milliseconds")
     p.add_argument("--rep", "--reps", type=int, default=100, dest="rep", help="do_bench measuring time, milliseconds")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    p.add_argument("--budget-s", type=float, help="start no new row after this many seconds (gpu-check)")
     return p
 
 
@@ -351,7 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     for k in args.kernels.split(","):
         if k.strip() and k.strip() not in KERNELS:
             p.error(f"unknown kernel {k.strip()!r}; choose from {', '.join(KERNELS)}")
-    rows = run(args)
+    import time
+
+    stop_at = time.monotonic() + args.budget_s if args.budget_s else float("inf")
+    rows = run(args, deadline=lambda: time.monotonic() > stop_at)
     print_table(rows, torch.cuda.get_device_name(), args.dtype)
     if args.json:
         write_json(args.json, rows, args)
