@@ -8,7 +8,8 @@ of value, each step started only if its estimate fits what is left of ``--budget
 3. ``segbench bench kernels`` at 8K/32K/128K (do_bench, L2 flushed): % of the baselines;
 4. the paper's comparison point: a Llama-2-7B shape with its context raised to 80K, full one-shot
    vs segmented at 80K (the paper: 34.67 vs 19.06 GB peak prefill, TTFT 4.13 vs 3.49 s);
-5. a slice of ``suites/prefill_128k.yaml``: every method at 32K, then at 128K (warmup 1, repeats 1).
+5. a slice of ``suites/prefill_128k.yaml``: full and segmented at 128K, then every method at 32K,
+   then the other methods at 128K (warmup 1, repeats 1).
 
 Cells run through the ordinary runner (a fresh process each, NVML and allocator trackers), one at
 a time, each with a timeout that ends inside the budget. Every raw row, log and the machine's
@@ -228,7 +229,9 @@ def build_plan(work: Path, args: argparse.Namespace) -> Plan:
 
 
 def cell_suites(args: argparse.Namespace) -> list[tuple[dict, float]]:
-    """One single-cell suite per (method, context), paper point first, then 32K, then 128K."""
+    """One single-cell suite per (method, context), most telling first: the paper's point, then
+    full vs segmented at the longest context (the headline), then every method at each context,
+    shortest first (what the budget cuts is the long tail)."""
     import yaml
 
     base = yaml.safe_load((REPO / "suites" / "prefill_128k.yaml").read_text())
@@ -240,10 +243,12 @@ def cell_suites(args: argparse.Namespace) -> list[tuple[dict, float]]:
     for entry in base["methods"]:
         if entry["label"] in PAPER:
             out.append(({**paper, "methods": [entry], "contexts": [PAPER_CONTEXT]}, _estimate(PAPER_CONTEXT)))
-    for context in [int(c) for c in args.contexts.split(",") if c.strip()]:
-        for entry in base["methods"]:
-            out.append(({**base, "name": "gpu_check_prefill", "methods": [entry], "contexts": [context]},
-                        _estimate(context)))
+    contexts = sorted(int(c) for c in args.contexts.split(",") if c.strip())
+    order = [(contexts[-1], e) for e in base["methods"] if e["label"] in PAPER] if contexts else []
+    order += [(c, e) for c in contexts for e in base["methods"] if (c, e) not in order]
+    for context, entry in order:
+        out.append(({**base, "name": "gpu_check_prefill", "methods": [entry], "contexts": [context]},
+                    _estimate(context)))
     return out
 
 

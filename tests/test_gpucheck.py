@@ -157,12 +157,14 @@ def test_summary_and_pack_make_three_files(tmp_path):
     assert len((out / "rows.csv").read_text().splitlines()) == 4
 
 
-def test_plan_orders_paper_point_then_32k_then_128k():
+def test_plan_orders_paper_point_then_the_headline_then_short_to_long():
     args = gpucheck.parser().parse_args(["--contexts", "32768,131072"])
     suites = gpucheck.cell_suites(args)
     names = [(s["name"], s["methods"][0]["label"], s["contexts"][0]) for s, _ in suites]
     assert names[:2] == [("gpu_check_paper80k", "full", 81920), ("gpu_check_paper80k", "segmented", 81920)]
-    assert [c for _, _, c in names[2:]] == [32768] * 6 + [131072] * 6
+    assert names[2:4] == [("gpu_check_prefill", "full", 131072), ("gpu_check_prefill", "segmented", 131072)]
+    assert [c for _, _, c in names[4:]] == [32768] * 6 + [131072] * 4
+    assert len(set(names)) == len(names) == 14
     paper = suites[0][0]
     assert paper["model"] == {"name": "llama-2-7b", "overrides": {"max_position_embeddings": 81920}}
     assert all(s["workload"]["warmup"] == 1 and s["workload"]["repeats"] == 1 for s, _ in suites)
