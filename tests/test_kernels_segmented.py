@@ -197,3 +197,19 @@ def test_lengths_are_not_specialised():
         listed = getattr(kernel, "do_not_specialize", None) or kernel.kwargs.get("do_not_specialize") or []
         marked = {kernel.arg_names[i] if isinstance(i, int) else i for i in listed}
         assert set(names) <= marked, f"{kernel.fn.__name__}: {set(names) - marked} specialised"
+
+
+@pytest.mark.parametrize("len_q", [1, 3, 40])  # few-query path (rows 4, 12) and the prefill kernel (rows 160)
+def test_fp16_within_twice_torchs_fp16_error(len_q):
+    """fp16 inputs (the interpreter's tl.dot is right for fp16, not bf16): kernel vs float64 within
+    2x the error of the same torch computation in fp16."""
+    gen = torch.Generator().manual_seed(len_q)
+    q = _randn(1, 8, len_q, 64, gen=gen)
+    k, v = (_randn(1, 2, 50, 64, gen=gen) for _ in range(2))
+    k_vis, v_vis = (_randn(1, 2, 70, 64, gen=gen) for _ in range(2))
+    args = [q, k, v, k_vis, v_vis]
+    ref64 = segmented_attention_ref(*args)[0]
+    ref16 = segmented_attention_ref(*[a.half() for a in args])[0]
+    out = segmented_attention(*[a.half().to(DEVICE) for a in args])
+    assert out.dtype == torch.float16
+    assert_within_rule(out.cpu(), ref16, ref64, f"fp16 Lq={len_q}", floor=1e-4)
