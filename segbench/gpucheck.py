@@ -374,11 +374,28 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-tokens", type=int, default=16)
     p.add_argument("--cell-cap-s", type=float, default=180.0, help="the most one cell may take")
     p.add_argument("--preflight", action="store_true", help="only check that this machine can run it")
+    p.add_argument("--plan", action="store_true", help="print the steps, their usual durations and which fit the "
+                   "budget, run nothing (works without a GPU)")
     return p
+
+
+def print_plan(args: argparse.Namespace) -> None:
+    """The steps in order with their estimates, marking those an on-estimate run would skip."""
+    plan = build_plan(Path(tempfile.gettempdir()), args)
+    clock = [0.0]
+    budget = Budget(args.budget_s, clock=lambda: clock[0])
+    for step in plan.steps:
+        fits = budget.can_start(step.estimate_s)
+        print(f"{'run ' if fits else 'skip'} ~{step.estimate_s:4.0f} s  {step.name}")
+        clock[0] += step.estimate_s if fits else 0
+    print(f"~{clock[0]:.0f} s of a {args.budget_s:.0f} s budget ({budget.reserve_s:.0f} s kept to pack the results)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.plan:
+        print_plan(args)
+        return 0
     try:
         import torch
     except ImportError:

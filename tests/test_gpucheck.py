@@ -182,3 +182,11 @@ def test_out_dir_prefers_flag_then_env(monkeypatch, tmp_path):
     assert gpucheck.out_dir(None) == tmp_path / "s"
     monkeypatch.delenv("SEGBENCH_GPU_CHECK_OUT")
     assert gpucheck.out_dir(None) == tmp_path / "o"
+
+
+def test_plan_prints_what_fits_without_a_gpu(capsys):
+    assert gpucheck.main(["--plan", "--budget-s", "200"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("run ") and "machine" in lines[0]
+    assert any(line.startswith("skip") and "131072" in line for line in lines)  # 128K cells do not fit 200 s
+    assert lines[-1].endswith("(15 s kept to pack the results)")
