@@ -190,3 +190,20 @@ def test_plan_prints_what_fits_without_a_gpu(capsys):
     assert lines[0].startswith("run ") and "machine" in lines[0]
     assert any(line.startswith("skip") and "131072" in line for line in lines)  # 128K cells do not fit 200 s
     assert lines[-1].endswith("(15 s kept to pack the results)")
+
+
+def test_a_cell_step_runs_through_the_runner_and_lands_in_the_summary(tmp_path):
+    """The cell step on a CPU miniature of a generated suite: the runner's row is read back, its
+    outcome reported, and it reaches summary.md and the archive."""
+    args = gpucheck.parser().parse_args(["--contexts", "32768"])
+    raw = next(s for s, _ in gpucheck.cell_suites(args) if s["name"] == "gpu_check_prefill")
+    raw = {**raw, "model": "tiny-llama", "device": "cpu", "dtype": "float32", "contexts": [256],
+           "workload": {**raw["workload"], "decode_tokens": 2}}
+    work = tmp_path / "work"
+    (work / "runs").mkdir(parents=True)
+    step = gpucheck.Step("cell", 1, 120, gpucheck._cell_runner(raw, work / "runs"))
+    gpucheck.Plan([step]).drive(gpucheck.Budget(300))
+    assert step.outcome == "ok", step.outcome
+    gpucheck.pack(work, tmp_path / "OUT", [step])
+    text = (tmp_path / "OUT" / "summary.md").read_text()
+    assert "| gpu_check_prefill | full | 256 | ok |" in text and "| cell | ok |" in text
