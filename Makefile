@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean gpu-check
 
 setup: $(VENV)/.installed
 
@@ -31,3 +31,15 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) results/cpu_smoke build *.egg-info
+
+# Every GPU number from one command on a bare GPU machine (torch, triton, transformers already there;
+# no network): install segbench without fetching anything, then `segbench gpu-check` (pytest -m gpu,
+# kernel bench, the 80K paper point, prefill_128k at 32K/128K) under a wall budget. Results: one
+# folder (GPU_CHECK_OUT, else $$OUT, else results/gpu/<time>) with summary.md, rows.csv and
+# gpu-check.tar.gz. On a machine without a GPU it says so in one line and exits 2, installing nothing.
+GPU_PY ?= python3
+GPU_CHECK_FLAGS ?=
+gpu-check:
+	@$(GPU_PY) -m segbench.gpucheck --preflight
+	$(GPU_PY) -m pip install -q --no-deps --no-build-isolation -e . || echo "gpu-check: editable install failed; running from the source tree"
+	$(GPU_PY) -m segbench.gpucheck $(if $(GPU_CHECK_OUT),--out $(GPU_CHECK_OUT)) $(GPU_CHECK_FLAGS)

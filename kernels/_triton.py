@@ -35,7 +35,12 @@ except ImportError:  # pragma: no cover - exercised only on installs without tri
 
     triton = tl = _NoTriton()  # type: ignore[assignment]
 
-__all__ = ["HAS_TRITON", "INTERPRETED", "can_run", "check_offsets", "interpreting", "require", "sm_count", "tl", "triton"]
+__all__ = ["HAS_TRITON", "INTERPRETED", "SHARED_LIMIT", "can_run", "check_offsets", "interpreting", "launch_first_fitting",
+           "require", "shared_limit", "sm_count", "target", "tile_shared_bytes", "tl", "triton"]
+
+# Largest dynamic shared memory one block may opt into, by compute capability x10 (CUDA's tables):
+# the fallback when torch does not report ``shared_memory_per_block_optin``.
+SHARED_LIMIT = {90: 232448, 89: 101376, 87: 166912, 86: 101376, 80: 166912, 75: 65536}
 
 
 def interpreting() -> bool:
@@ -85,3 +90,48 @@ def sm_count(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 4
+
+
+def shared_limit(device: torch.device) -> int:
+    """Bytes of shared memory one program may use on ``device`` (no limit on the CPU interpreter)."""
+    if device.type != "cuda":
+        return 1 << 40
+    props = torch.cuda.get_device_properties(device)
+    optin = getattr(props, "shared_memory_per_block_optin", 0)
+    return int(optin) if optin else SHARED_LIMIT.get(props.major * 10 + props.minor, 101376)
+
+
+def tile_shared_bytes(block_m: int, block_n: int, head_dim: int, num_stages: int, elem_bytes: int) -> int:
+    """Shared memory an attention tile needs: Q [BLOCK_M, D] plus ``num_stages`` buffered K and V
+    tiles [BLOCK_N, D] each. It matches what Triton reports for these kernels to within a few KB
+    (compile_check prints the real figure), which is the margin between the configs pruned here."""
+    return elem_bytes * head_dim * (block_m + 2 * max(num_stages, 1) * block_n)
+
+
+def launch_first_fitting(launch, configs: list[dict], shared_of, device: torch.device, what: str):
+    """Call ``launch(config)`` (which launches the kernel with that config and returns whatever it
+    allocated) with the first of ``configs`` (best first) whose estimated shared memory
+    ``shared_of(config)`` fits the device; if Triton still reports OutOfResources (the estimate is
+    not the compiler), try the next. Returns launch's result. OutOfResources never escapes: a clear
+    RuntimeError instead.
+    """
+    limit = shared_limit(device)
+    fitting = [c for c in configs if shared_of(c) <= limit]
+    if not fitting:
+        raise RuntimeError(f"{what}: no tile configuration fits this GPU's {limit} bytes of shared memory "
+                           f"(the smallest needs {min(shared_of(c) for c in configs)}); use a smaller head_dim")
+    errors = []
+    for config in fitting:
+        try:
+            return launch(config)
+        except Exception as exc:  # only OutOfResources falls through to the next config
+            if type(exc).__name__ != "OutOfResources":
+                raise
+            errors.append(f"{config}: {exc}")
+    raise RuntimeError(f"{what}: every tile configuration ran out of GPU resources: " + "; ".join(errors))
+
+
+def target(device: torch.device) -> str:
+    """The device type whose tile configs a launch uses ("cuda" or the interpreter's "cpu").
+    compile_check replaces it in the kernel modules to record GPU launches from CPU tensors."""
+    return device.type

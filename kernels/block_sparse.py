@@ -15,9 +15,16 @@ Layouts: ``q_BHLD`` [B, Hq, L, D], ``k_BHLD``/``v_BHLD`` [B, Hkv, L, D] (GQA: qu
 KV head ``h // (Hq // Hkv)``), out [B, Hq, L, D] in q's dtype, lse [B, Hq, L] float32 (natural log).
 Prefill is self-attention: queries and keys are the same L positions.
 
-Prefill: one program per (query block, batch * head) walks a precomputed, ascending list of the
-key blocks its pattern row keeps, so blocks outside the pattern are never loaded. Every listed
-block but the last lies entirely in the past and needs no mask; the last is the diagonal block.
+The pattern's block and the kernel's tile are decoupled: the tile is ``min(block_size, 64)`` on a
+GPU (128 for blocks >= 128 at D <= 128; never above 64 at D = 256, where a 128-wide tile needs more
+than an H100's 227 KB of shared memory), so any power-of-two ``block_size`` >= 16 runs, a large
+block as several tiles. Tile configs are pruned by the device's shared memory and a launch that
+still runs out of resources falls back to the next smaller config, never an OutOfResources.
+
+Prefill: one program per (query tile, batch * head) walks a precomputed, ascending list of the key
+tiles its pattern row keeps (every tile of a kept block, and in the diagonal block the tiles up to
+its own), so tiles outside the pattern are never loaded. Every listed tile but the last lies
+entirely in the past and needs no mask; the last is the diagonal tile.
 
 Decode (:func:`block_sparse_decode`): the newest token (position L - 1 of a cache holding L
 tokens) attends to the key blocks of the last pattern row. It runs the flash-decoding kernel of
@@ -34,7 +41,7 @@ import math
 import torch
 
 from ._softmax import online_softmax_update
-from ._triton import check_offsets, require, tl, triton
+from ._triton import check_offsets, launch_first_fitting, require, target, tile_shared_bytes, tl, triton
 from .decode_attention import _decode, decode_attention_ref
 
 LOG2E = 1.4426950408889634
@@ -84,30 +91,40 @@ def attended_pairs(seq_len: int, block_size: int, sink_blocks: int, local_blocks
     return int(off_diagonal + diagonal)
 
 
-@functools.lru_cache(maxsize=32)
-def _active_blocks(n_blocks: int, sink_blocks: int, local_blocks: int, stride: int,
-                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per query block, the ascending list of key blocks to visit, padded to the longest row.
+def tile_mask(n_tiles: int, tiles_per_block: int, sink_blocks: int, local_blocks: int, stride: int) -> torch.Tensor:
+    """bool [n_tiles, n_tiles]: may query tile i attend to key tile j (pattern blocks of
+    ``tiles_per_block`` tiles each; causal at tile level, so the diagonal tile is each row's last)."""
+    n_blocks = _cdiv(n_tiles, tiles_per_block)
+    blocks = block_mask(n_blocks, n_blocks, sink_blocks, local_blocks, stride)
+    t = torch.arange(n_tiles)
+    return blocks[t // tiles_per_block][:, t // tiles_per_block] & (t[None, :] <= t[:, None])
 
-    Returns (idx int32 [n_blocks, max_active], count int32 [n_blocks]) on ``device``. The diagonal
-    block is always kept and is the largest index, so it is each row's last entry.
+
+@functools.lru_cache(maxsize=32)
+def _active_blocks(n_tiles: int, tiles_per_block: int, sink_blocks: int, local_blocks: int, stride: int,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query tile, the ascending list of key tiles to visit, padded to the longest row.
+
+    Returns (idx int32 [n_tiles, max_active], count int32 [n_tiles]) on ``device``. The diagonal
+    tile is always kept and is the largest index, so it is each row's last entry.
     """
-    keep = block_mask(n_blocks, n_blocks, sink_blocks, local_blocks, stride)
+    keep = tile_mask(n_tiles, tiles_per_block, sink_blocks, local_blocks, stride)
     count = keep.sum(dim=1)
-    # Stable sort of "not kept" puts the kept block indices first, still in ascending order.
+    # Stable sort of "not kept" puts the kept tile indices first, still in ascending order.
     order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, : int(count.max())]
     return order.to(device=device, dtype=torch.int32), count.to(device=device, dtype=torch.int32)
 
 
 @functools.lru_cache(maxsize=32)
-def _decode_blocks(n_blocks: int, sink_blocks: int, local_blocks: int, stride: int,
+def _decode_blocks(n_tiles: int, tiles_per_block: int, sink_blocks: int, local_blocks: int, stride: int,
                    device: torch.device) -> torch.Tensor:
-    """int32 ascending key blocks the newest token of an n_blocks-block cache attends to."""
-    row = block_mask(1, n_blocks, sink_blocks, local_blocks, stride)[0]
-    return row.nonzero()[:, 0].to(device=device, dtype=torch.int32)
+    """int32 ascending key tiles the newest token of an n_tiles-tile cache attends to."""
+    row = block_mask(1, _cdiv(n_tiles, tiles_per_block), sink_blocks, local_blocks, stride)[0]
+    tiles = torch.arange(n_tiles)
+    return tiles[row[tiles // tiles_per_block]].to(device=device, dtype=torch.int32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seq_len"])
 def _block_sparse_fwd_kernel(
     Q, K, V, Out, Lse, KvIdx, KvCount,
     qk_scale,
@@ -168,16 +185,43 @@ def _block_sparse_fwd_kernel(
 
 
 def default_config(dtype: torch.dtype, head_dim: int, block_size: int, device_type: str) -> tuple[int, int]:
-    """(num_warps, num_stages); the tile is the pattern's block. bf16/fp16 at 64x64, D<=128: one
-    warpgroup, 3 K/V stages. Wider tiles (D=256, 128-blocks) take 8 warps and 2 stages; fp32 (IEEE
-    dots, correctness only) 8 warps and no pipelining to limit spills (see compile_check)."""
+    """(num_warps, num_stages) of the first choice of :func:`configs` (its tile: :func:`tile_size`)."""
+    first = configs(dtype, head_dim, block_size, device_type)[0]
+    return first["num_warps"], first["num_stages"]
+
+
+def tile_size(dtype: torch.dtype, head_dim: int, block_size: int, device_type: str) -> int:
+    """The kernel's square tile for a pattern of ``block_size`` blocks (a divisor of the block)."""
+    return configs(dtype, head_dim, block_size, device_type)[0]["BLOCK"]
+
+
+def configs(dtype: torch.dtype, head_dim: int, block_size: int, device_type: str) -> list[dict]:
+    """Candidate tile configs (BLOCK, num_warps, num_stages), best first, each tile dividing the block.
+
+    bf16/fp16 at D <= 128: 64x64 tiles in one warpgroup with 3 K/V stages; blocks >= 128 take
+    128x128 tiles with 8 warps and 2 stages (160 KB at D=128). D = 256 keeps 64 (8 warps, 2 stages:
+    160 KB; a 128 tile would need 384 KB). fp32 (IEEE dots, correctness only): 8 warps, no
+    pipelining, to limit spills (see compile_check). The interpreter is fastest with 16x16 tiles.
+    """
+    def tiles(*options: tuple[int, int, int]) -> list[dict]:
+        out = []
+        for tile, warps, stages in options:
+            tile = min(tile, block_size)
+            # Small tiles: one warpgroup is enough, except at D=256 where 4 warps spill the accumulator.
+            cfg = dict(BLOCK=tile, num_warps=warps if tile >= 64 or head_dim > 128 else 4, num_stages=stages)
+            if cfg not in out:
+                out.append(cfg)
+        return out
+
     if device_type != "cuda":
-        return 4, 1
+        return tiles((16, 4, 1))
     if dtype == torch.float32:
-        return 8, 1
-    if head_dim > 128 or block_size > 64:
-        return 8, 2
-    return 4, 3
+        return tiles((64, 8, 1), (32, 4, 1))
+    if head_dim > 128:
+        return tiles((64, 8, 2), (32, 8, 2), (16, 8, 1))
+    if block_size >= 128:
+        return tiles((128, 8, 2), (64, 4, 3), (64, 4, 2), (32, 4, 2))
+    return tiles((64, 4, 3), (64, 4, 2), (32, 4, 2), (16, 4, 1))
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int) -> None:
@@ -211,21 +255,30 @@ def _block_sparse(
     lse = torch.empty((batch, n_q_heads, seq_len), device=q_BHLD.device, dtype=torch.float32) if write_lse else None
     if seq_len == 0 or batch == 0:
         return out, lse
-    n_blocks = _cdiv(seq_len, block_size)
-    idx, count = _active_blocks(n_blocks, sink_blocks, local_blocks, stride, q_BHLD.device)
-    d_warps, d_stages = default_config(q_BHLD.dtype, head_dim, block_size, q_BHLD.device.type)
     scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(head_dim)
-    _block_sparse_fwd_kernel[(n_blocks, batch * n_q_heads)](
-        q_BHLD, k_BHLD, v_BHLD, out, lse if lse is not None else out, idx, count,
-        scale * LOG2E,
-        *q_BHLD.stride(), *k_BHLD.stride(), *v_BHLD.stride(), *out.stride(),
-        *(lse.stride() if lse is not None else (0, 0, 0)),
-        idx.stride(0),
-        n_q_heads, n_q_heads // k_BHLD.shape[1], seq_len,
-        WRITE_LSE=write_lse, BLOCK=block_size, HEAD_DIM=head_dim,
-        DOT_PREC="ieee" if q_BHLD.dtype == torch.float32 else "tf32",
-        num_warps=num_warps or d_warps, num_stages=num_stages or d_stages,
-    )
+    overrides = {k: v for k, v in (("num_warps", num_warps), ("num_stages", num_stages)) if v}
+    candidates = [c | overrides for c in configs(q_BHLD.dtype, head_dim, block_size, target(q_BHLD.device))]
+
+    def launch(config: dict) -> None:
+        tile = config["BLOCK"]
+        n_tiles = _cdiv(seq_len, tile)
+        idx, count = _active_blocks(n_tiles, block_size // tile, sink_blocks, local_blocks, stride, q_BHLD.device)
+        _block_sparse_fwd_kernel[(n_tiles, batch * n_q_heads)](
+            q_BHLD, k_BHLD, v_BHLD, out, lse if lse is not None else out, idx, count,
+            scale * LOG2E,
+            *q_BHLD.stride(), *k_BHLD.stride(), *v_BHLD.stride(), *out.stride(),
+            *(lse.stride() if lse is not None else (0, 0, 0)),
+            idx.stride(0),
+            n_q_heads, n_q_heads // k_BHLD.shape[1], seq_len,
+            WRITE_LSE=write_lse, HEAD_DIM=head_dim,
+            DOT_PREC="ieee" if q_BHLD.dtype == torch.float32 else "tf32",
+            **config,
+        )
+
+    launch_first_fitting(
+        launch, candidates,
+        lambda c: tile_shared_bytes(c["BLOCK"], c["BLOCK"], head_dim, c["num_stages"], q_BHLD.element_size()),
+        q_BHLD.device, f"block_sparse_attention (block {block_size}, head_dim {head_dim})")
     return out, lse
 
 
@@ -262,9 +315,12 @@ def block_sparse_decode(
     """The newest token (position L - 1; its K/V already in the cache) over the blocks its pattern row
     keeps. q [B, Hq, D] or [B, Hq, 1, D]; k/v the full, uncompacted cache [B, Hkv, L, D]."""
     _check(q_BHD if q_BHD.dim() == 4 else q_BHD[:, :, None], k_BHLD, v_BHLD, block_size)
-    n_blocks = _cdiv(k_BHLD.shape[2], block_size)
-    blocks = _decode_blocks(n_blocks, sink_blocks, local_blocks, stride, q_BHD.device)
-    return _decode(q_BHD, k_BHLD, v_BHLD, None, blocks, sm_scale, num_splits, block_size, num_warps, num_stages)[0]
+    block_mask(1, 1, sink_blocks, local_blocks, stride)  # validates the pattern parameters
+    # The decode kernel visits a list of key tiles: the pattern's blocks cut into tiles it can hold.
+    tile = min(block_size, 64 if target(q_BHD.device) == "cuda" else 16)
+    n_tiles = _cdiv(k_BHLD.shape[2], tile)
+    tiles = _decode_blocks(n_tiles, block_size // tile, sink_blocks, local_blocks, stride, q_BHD.device)
+    return _decode(q_BHD, k_BHLD, v_BHLD, None, tiles, sm_scale, num_splits, tile, num_warps, num_stages)[0]
 
 
 def block_sparse_attention_ref(

@@ -65,6 +65,9 @@ def _compile(kernel, args: tuple, kwargs: dict, arch: int):
     options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
     names = kernel.arg_names
     values = dict(zip(names, args, strict=False)) | kwargs
+    # Arguments marked do_not_specialize (lengths) compile as plain i32 whatever their value.
+    raw = getattr(kernel, "do_not_specialize", None) or []
+    fixed = {names[i] if isinstance(i, int) else i for i in raw}
     signature, constexprs, attrs = {}, {}, {}
     for i, name in enumerate(names):
         value = values[name]
@@ -75,6 +78,8 @@ def _compile(kernel, args: tuple, kwargs: dict, arch: int):
             signature[name], constexprs[(i,)] = "constexpr", value
         elif isinstance(value, float):
             signature[name] = "fp32"
+        elif isinstance(value, int) and name in fixed:
+            signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
         elif isinstance(value, int) and value == 1:
             signature[name], constexprs[(i,)] = "constexpr", 1  # Triton specialises ints equal to 1
         elif isinstance(value, int):
@@ -116,18 +121,25 @@ def _variants(dtypes: list[torch.dtype], head_dims: list[int]) -> list[tuple[str
             cfg = dict(block_m=bm, block_n=bn, num_warps=warps, num_stages=stages)
             block_n, warps, stages = da.default_config(dtype, d, "cuda")
             dcfg = dict(block_n=block_n, num_warps=warps, num_stages=stages, num_splits=2)
-            warps, stages = bs.default_config(dtype, d, 64, "cuda")
-            scfg = dict(block_size=64, num_warps=warps, num_stages=stages)
+            q_few = torch.zeros(1, 4, 1, d, dtype=dtype)  # one decode token: the few-query path
             out += [
                 (f"segmented {tag}", partial(sa.segmented_attention, q, kv, kv, **cfg)),
                 (f"segmented+B+lse {tag}", partial(sa.segmented_attention_lse, q, kv, kv, vis, vis, vis, vis,
                                                    torch.tensor([True]), **cfg)),
                 (f"decode+merge {tag}", partial(da.decode_attention, q_dec, kv_dec, kv_dec, torch.tensor([300, 7]),
                                                 **dcfg)),
-                (f"block-sparse {tag}", partial(bs.block_sparse_attention, q, kv, kv, 1, 2, 4, **scfg)),
-                (f"block-sparse decode {tag}", partial(bs.block_sparse_decode, q_one, kv, kv, 1, 2, 4,
-                                                       block_size=64, num_splits=1)),  # SPLITS_PAD=1
+                (f"segmented-decode {tag}", partial(sa.segmented_attention_lse, q_few, kv, kv, vis, vis, vis, vis,
+                                                    torch.tensor([True]))),
             ]
+            # Every pattern block the kernels accept maps to a tile they can hold: try them all
+            # (256 at D=128 and 128 at D=256 were OutOfResources when the tile was the block).
+            for block in (16, 32, 64, 128, 256):
+                out += [
+                    (f"block-sparse {tag} block={block}", partial(bs.block_sparse_attention, q, kv, kv, 1, 2, 4,
+                                                                  block_size=block)),
+                    (f"block-sparse decode {tag} block={block}", partial(bs.block_sparse_decode, q_one, kv, kv, 1, 2, 4,
+                                                                         block_size=block, num_splits=1)),
+                ]
     return out
 
 
@@ -140,16 +152,19 @@ def check(dtypes: list[torch.dtype], head_dims: list[int], arch: int = 90,
     if _triton.INTERPRETED or not _triton.HAS_TRITON:
         raise RuntimeError("compile_check needs triton and TRITON_INTERPRET unset before the kernels are imported")
     kernels = (
-        (segmented_attention, "_segmented_fwd_kernel"), (decode_attention, "_decode_split_kernel"),
+        (segmented_attention, "_segmented_fwd_kernel"), (segmented_attention, "_segmented_split_kernel"),
+        (decode_attention, "_decode_split_kernel"),
         (decode_attention, "_merge_splits_kernel"), (block_sparse, "_block_sparse_fwd_kernel"),
     )
     recorders = {(m, n): _Recorder(getattr(m, n)) for m, n in kernels}
-    patched = [(m, "require", m.require) for m in (segmented_attention, decode_attention, block_sparse)]
+    modules = (segmented_attention, decode_attention, block_sparse)
+    patched = [(m, "require", m.require) for m in modules] + [(m, "target", m.target) for m in modules]
     try:
         for (m, n), rec in recorders.items():
             setattr(m, n, rec)
-        for m, _, _ in patched:
+        for m in modules:
             m.require = lambda *tensors: None  # the launch is recorded, not run: any device will do
+            m.target = lambda device: "cuda"  # ...with the tile configs a GPU would use
         for name, thunk in _variants(dtypes, head_dims):
             if only is not None and name.split(" ")[0] not in only:
                 continue
@@ -178,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = H100/H200)")
     parser.add_argument("--dtypes", default="bf16,fp16,fp32")
     parser.add_argument("--head-dims", default="64,128")
-    parser.add_argument("--only", help="comma-separated variants: segmented, segmented+B+lse, decode+merge, "
-                        "block-sparse (prefill and decode)")
+    parser.add_argument("--only", help="comma-separated variants: segmented, segmented+B+lse, segmented-decode, "
+                        "decode+merge, block-sparse (prefill and decode, every block size)")
     args = parser.parse_args(argv)
     by_name = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     dtypes = [by_name[x] for x in args.dtypes.split(",")]

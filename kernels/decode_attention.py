@@ -6,7 +6,10 @@ Layouts:
 * ``k_BHLD``  [B, Hkv, L, D], ``v_BHLD`` the same: every key is visible (the cache is already
               compacted to what the method keeps).
 * ``kv_lens_B`` optional int [B]: sequence b only uses keys ``0 .. kv_lens_B[b] - 1`` (a cache
-              preallocated longer than its content); each length must be >= 1.
+              preallocated longer than its content). Lengths are clamped to ``[0, L]`` inside the
+              kernel (checking them on the host would cost a device sync per step): a length above
+              ``L`` reads the whole cache and never past it; a length of 0 (or below) attends to
+              nothing and gives a defined result: output zeros and lse ``-inf``.
 * ``out`` like q, in q's dtype; ``lse_BH`` [B, Hq] float32, natural log.
 
 One query row per head gives a tensor core nothing to do and a single program per head cannot fill
@@ -23,13 +26,24 @@ import math
 import torch
 
 from ._softmax import online_softmax_update
-from ._triton import check_offsets, require, sm_count, tl, triton
+from ._triton import (
+    check_offsets,
+    launch_first_fitting,
+    require,
+    sm_count,
+    target,
+    tile_shared_bytes,
+    tl,
+    triton,
+)
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 128  # the merge kernel holds every split of one head in registers
 
 
-@triton.jit
+# Lengths and split counts change every step: specialising on them (a value of 1, multiples of 16)
+# would recompile the kernel mid-run.
+@triton.jit(do_not_specialize=["len_kv", "n_blocks", "blocks_per_split"])
 def _decode_split_kernel(
     Q, K, V, KvLens, BlockIdx, OPart, LsePart,
     qk_scale,
@@ -56,8 +70,8 @@ def _decode_split_kernel(
                 mask=g_ok[:, None], other=0.0)
 
     kv_len = len_kv
-    if HAS_LENS:
-        kv_len = tl.load(KvLens + off_b).to(tl.int32)
+    if HAS_LENS:  # clamped: never read past the cache; <= 0 visits no block (lse -inf, zeros)
+        kv_len = tl.minimum(tl.maximum(tl.load(KvLens + off_b).to(tl.int32), 0), len_kv)
     n_visit = n_blocks
     if not HAS_BLOCK_IDX:
         n_visit = tl.minimum(n_blocks, tl.cdiv(kv_len, BLOCK_N))  # skip blocks past this sequence
@@ -95,43 +109,77 @@ def _decode_split_kernel(
     tl.store(LsePart + off_b * stride_lb + heads * stride_lh + pid_s * stride_ls, lse, mask=g_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_splits", "n_rows"])
 def _merge_splits_kernel(
     OPart, LsePart, Out, Lse,
-    stride_ob, stride_oh, stride_os, stride_od,
-    stride_lb, stride_lh, stride_ls,
-    stride_outb, stride_outh, stride_outd,
-    stride_lseb, stride_lseh,
-    n_q_heads, n_splits,
-    SPLITS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+    stride_ob, stride_oh, stride_or, stride_os, stride_od,
+    stride_lb, stride_lh, stride_lr, stride_ls,
+    stride_outb, stride_outh, stride_outr, stride_outd,
+    stride_lseb, stride_lseh, stride_lser,
+    n_q_heads, n_rows, n_splits,
+    SPLITS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, WRITE_LSE: tl.constexpr,
 ):
-    """out = sum_s exp(lse_s - lse) * out_s with lse = log sum_s exp(lse_s), per (batch, query head)."""
+    """out = sum_s exp(lse_s - lse) * out_s with lse = log sum_s exp(lse_s), per (batch, query head,
+    query row); ``n_rows`` query rows per head (1 for decode, a few for the segmented few-query path).
+
+    A row whose splits all saw no key (every lse_s = -inf) gets zeros and lse -inf, never the NaN of
+    -inf - -inf."""
     pid = tl.program_id(0)
-    off_b = (pid // n_q_heads).to(tl.int64)
-    off_h = (pid % n_q_heads).to(tl.int64)
+    off_r = (pid % n_rows).to(tl.int64)
+    off_h = ((pid // n_rows) % n_q_heads).to(tl.int64)
+    off_b = (pid // (n_rows * n_q_heads)).to(tl.int64)
     offs_s = tl.arange(0, SPLITS_PAD)
     offs_d = tl.arange(0, HEAD_DIM)
     s_ok = offs_s < n_splits
-    lse_s = tl.load(LsePart + off_b * stride_lb + off_h * stride_lh + offs_s * stride_ls,
-                    mask=s_ok, other=float("-inf"))
-    o_s = tl.load(OPart + off_b * stride_ob + off_h * stride_oh + offs_s[:, None] * stride_os
+    lse_base = LsePart + off_b * stride_lb + off_h * stride_lh + off_r * stride_lr
+    lse_s = tl.load(lse_base + offs_s * stride_ls, mask=s_ok, other=float("-inf"))
+    o_s = tl.load(OPart + off_b * stride_ob + off_h * stride_oh + off_r * stride_or + offs_s[:, None] * stride_os
                   + offs_d[None, :] * stride_od, mask=s_ok[:, None], other=0.0)
     m = tl.max(lse_s, 0)
-    w = tl.exp(lse_s - m)  # splits that saw no key have lse = -inf, hence weight 0
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    w = tl.exp(lse_s - m_safe)  # splits that saw no key have lse = -inf, hence weight 0
     total = tl.sum(w, 0)
-    out = tl.sum(o_s * w[:, None], 0) / total
-    tl.store(Out + off_b * stride_outb + off_h * stride_outh + offs_d * stride_outd, out.to(Out.dtype.element_ty))
-    tl.store(Lse + off_b * stride_lseb + off_h * stride_lseh, m + tl.log(total))
+    seen = total > 0
+    out = tl.sum(o_s * w[:, None], 0) / tl.where(seen, total, 1.0)
+    tl.store(Out + off_b * stride_outb + off_h * stride_outh + off_r * stride_outr + offs_d * stride_outd,
+             out.to(Out.dtype.element_ty))
+    if WRITE_LSE:
+        lse = tl.where(seen, m_safe + tl.log(tl.where(seen, total, 1.0)), float("-inf"))
+        tl.store(Lse + off_b * stride_lseb + off_h * stride_lseh + off_r * stride_lser, lse)
+
+
+def merge_splits(o_part: torch.Tensor, lse_part: torch.Tensor, out: torch.Tensor, lse: torch.Tensor | None) -> None:
+    """Launch the merge: ``o_part`` [B, Hq, R, S, D] float32, ``lse_part`` [B, Hq, R, S] into ``out``
+    [B, Hq, R, D] (any strides, its dtype) and, if given, ``lse`` [B, Hq, R] float32."""
+    batch, n_q_heads, n_rows, splits, head_dim = o_part.shape
+    _merge_splits_kernel[(batch * n_q_heads * n_rows,)](
+        o_part, lse_part, out, lse if lse is not None else lse_part,
+        *o_part.stride(), *lse_part.stride(), *out.stride(), *(lse.stride() if lse is not None else (0, 0, 0)),
+        n_q_heads, n_rows, splits,
+        SPLITS_PAD=triton.next_power_of_2(splits), HEAD_DIM=head_dim, WRITE_LSE=lse is not None,
+        num_warps=4 if o_part.device.type == "cuda" else 1,
+    )
 
 
 def default_config(dtype: torch.dtype, head_dim: int, device_type: str) -> tuple[int, int, int]:
     """(BLOCK_N, num_warps, num_stages): 64-key blocks, 4 warps, 3 stages of K/V loads in flight to
     hide memory latency (2 for the wider fp32 / D=256 tiles)."""
+    return configs(dtype, head_dim, device_type)[0]
+
+
+def configs(dtype: torch.dtype, head_dim: int, device_type: str) -> list[tuple[int, int, int]]:
+    """Candidate (BLOCK_N, num_warps, num_stages), best first; the launcher takes the first whose
+    shared memory fits the device (``_triton.launch_first_fitting``)."""
     if device_type != "cuda":
-        return 16, 4, 1
+        return [(16, 4, 1)]
     if dtype == torch.float32 or head_dim > 128:
-        return 64, 4, 2
-    return 64, 4, 3
+        return [(64, 4, 2), (32, 4, 2), (32, 4, 1)]
+    return [(64, 4, 3), (64, 4, 2), (32, 4, 2)]
+
+
+def split_shared_bytes(rows_pad: int, block_n: int, head_dim: int, num_stages: int, elem_bytes: int) -> int:
+    """Shared-memory estimate of one split program: the padded query rows and the K/V stages."""
+    return tile_shared_bytes(rows_pad, block_n, head_dim, num_stages, elem_bytes)
 
 
 def choose_splits(n_blocks: int, batch_kv_heads: int, device: torch.device) -> int:
@@ -170,41 +218,52 @@ def _decode(
     require(q_BHD)
     check_offsets(k_BHLD, v_BHLD)
     group = n_q_heads // n_kv_heads
-    d_bn, d_warps, d_stages = default_config(q_BHD.dtype, head_dim, q_BHD.device.type)
-    block_n = block_n or d_bn
     if kv_lens_B is not None:
         if kv_lens_B.shape != (batch,):
             raise ValueError(f"kv_lens_B must be [B={batch}], got {tuple(kv_lens_B.shape)}")
+        if kv_lens_B.is_floating_point() or kv_lens_B.is_complex():
+            raise ValueError(f"kv_lens_B must hold integers, got {kv_lens_B.dtype}")
         kv_lens_B = kv_lens_B.to(device=q_BHD.device, dtype=torch.int32)
-    n_blocks = block_idx.numel() if block_idx is not None else triton.cdiv(len_kv, block_n)
-    splits = num_splits or choose_splits(n_blocks, batch * n_kv_heads, q_BHD.device)
-    blocks_per_split = triton.cdiv(n_blocks, min(max(splits, 1), MAX_SPLITS))
-    splits = triton.cdiv(n_blocks, blocks_per_split)  # no split left without blocks
+    group_pad = max(16, triton.next_power_of_2(group))
+    candidates = [dict(BLOCK_N=bn, num_warps=w, num_stages=st)
+                  for bn, w, st in configs(q_BHD.dtype, head_dim, target(q_BHD.device))]
+    if block_n is not None:  # a block list (block-sparse decode) fixes the key block; stages can still drop
+        candidates = [c | {"BLOCK_N": block_n} for c in candidates]
+    candidates = [c | {k: v for k, v in (("num_warps", num_warps), ("num_stages", num_stages)) if v} for c in candidates]
 
     dev = q_BHD.device
-    o_part = torch.empty((batch, n_q_heads, splits, head_dim), device=dev, dtype=torch.float32)
-    lse_part = torch.empty((batch, n_q_heads, splits), device=dev, dtype=torch.float32)
     scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(head_dim)
-    _decode_split_kernel[(splits, batch * n_kv_heads)](
-        q_BHD, k_BHLD, v_BHLD,
-        kv_lens_B if kv_lens_B is not None else o_part, block_idx if block_idx is not None else o_part,
-        o_part, lse_part, scale * LOG2E,
-        *q_BHD.stride(), *k_BHLD.stride(), *v_BHLD.stride(), *o_part.stride(), *lse_part.stride(),
-        n_kv_heads, group, len_kv, n_blocks, blocks_per_split,
-        HAS_LENS=kv_lens_B is not None, HAS_BLOCK_IDX=block_idx is not None,
-        GROUP_PAD=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, HEAD_DIM=head_dim,
-        DOT_PREC="ieee" if q_BHD.dtype == torch.float32 else "tf32",
-        num_warps=num_warps or d_warps, num_stages=num_stages or d_stages,
-    )
+
+    def launch(config: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        config = dict(config)
+        bn = config["BLOCK_N"]
+        n_blocks = block_idx.numel() if block_idx is not None else triton.cdiv(len_kv, bn)
+        splits = num_splits or choose_splits(n_blocks, batch * n_kv_heads, dev)
+        per_split = triton.cdiv(n_blocks, min(max(splits, 1), MAX_SPLITS))
+        splits = triton.cdiv(n_blocks, per_split)  # no split left without blocks
+        o_part = torch.empty((batch, n_q_heads, 1, splits, head_dim), device=dev, dtype=torch.float32)
+        lse_part = torch.empty((batch, n_q_heads, 1, splits), device=dev, dtype=torch.float32)
+        _decode_split_kernel[(splits, batch * n_kv_heads)](
+            q_BHD, k_BHLD, v_BHLD,
+            kv_lens_B if kv_lens_B is not None else o_part, block_idx if block_idx is not None else o_part,
+            o_part, lse_part, scale * LOG2E,
+            *q_BHD.stride(), *k_BHLD.stride(), *v_BHLD.stride(),
+            o_part.stride(0), o_part.stride(1), o_part.stride(3), o_part.stride(4),
+            lse_part.stride(0), lse_part.stride(1), lse_part.stride(3),
+            n_kv_heads, group, len_kv, n_blocks, per_split,
+            HAS_LENS=kv_lens_B is not None, HAS_BLOCK_IDX=block_idx is not None,
+            GROUP_PAD=group_pad, HEAD_DIM=head_dim, DOT_PREC="ieee" if q_BHD.dtype == torch.float32 else "tf32",
+            **config,
+        )
+        return o_part, lse_part
+
+    o_part, lse_part = launch_first_fitting(
+        launch, candidates,
+        lambda c: split_shared_bytes(group_pad, c["BLOCK_N"], head_dim, c["num_stages"], q_BHD.element_size()),
+        dev, "decode_attention")
     out = torch.empty_like(q_BHD)
     lse = torch.empty((batch, n_q_heads), device=dev, dtype=torch.float32)
-    _merge_splits_kernel[(batch * n_q_heads,)](
-        o_part, lse_part, out, lse,
-        *o_part.stride(), *lse_part.stride(), *out.stride(), *lse.stride(),
-        n_q_heads, splits,
-        SPLITS_PAD=triton.next_power_of_2(splits), HEAD_DIM=head_dim,
-        num_warps=4 if q_BHD.device.type == "cuda" else 1,
-    )
+    merge_splits(o_part, lse_part, out[:, :, None], lse[:, :, None])
     if squeeze:
         return out[:, :, None], lse[:, :, None]
     return out, lse

@@ -14,7 +14,17 @@ Layouts (suffixes name the dimensions):
 GQA: query head h reads KV head ``h // (Hq // Hkv)`` (HF ``repeat_kv`` order); K/V are never expanded.
 Chunked prefill of full attention is the special case visible = all earlier KV, segment = the chunk.
 
-The kernel follows Triton's fused-attention tutorial: one program per (query block, batch*head),
+Two paths behind the same entry points, chosen by query length:
+
+* Few queries (decode steps, tiny chunks: ``Lq * group <= FEW_QUERY_ROWS``): flash-decoding. The
+  GQA group's query rows of one KV head are packed into one tile (rows = group x Lq, padded to 16),
+  so each K/V byte is read once per KV head, not once per query head, and no 128-row tile runs
+  with 127 rows of padding. The keys [visible set; segment] are split across programs (enough for
+  ~4 waves over the SMs); each writes a partial output and log-sum-exp, and a second small kernel
+  merges the splits (``decode_attention.merge_splits``).
+* Many queries (prefill): the kernel below.
+
+The prefill kernel follows Triton's fused-attention tutorial: one program per (query block, batch*head),
 online softmax in fp32 with exp2, ``tl.dot`` accumulating in fp32. Key blocks are visited in three
 runs so that only the blocks that need a mask pay for it: the visible set (mask only on its ragged
 last block), the segment blocks that every query of the block sees (no mask), then the few
@@ -28,9 +38,15 @@ import math
 import torch
 
 from ._softmax import online_softmax_update
-from ._triton import check_offsets, require, tl, triton
+from ._triton import check_offsets, launch_first_fitting, require, target, tile_shared_bytes, tl, triton
+from .decode_attention import MAX_SPLITS, choose_splits, merge_splits
+from .decode_attention import configs as _split_configs
 
 LOG2E = 1.4426950408889634
+# Up to this many packed query rows (Lq x GQA group) per KV head the few-query (split-KV) path runs:
+# 64 rows are one tile of the split kernel (acc 64 x D fp32 in 4 warps); beyond, the prefill
+# kernel's 128-row tiles are no longer mostly padding.
+FEW_QUERY_ROWS = 64
 
 
 @triton.jit
@@ -81,7 +97,9 @@ def _attend_visible(
     return acc, l_i, m_i
 
 
-@triton.jit
+# Lengths change from segment to segment and step to step: specialising on them (1, multiples of
+# 16) would recompile the kernel mid-run.
+@triton.jit(do_not_specialize=["len_q", "len_seg", "len_a", "len_b"])
 def _segmented_fwd_kernel(
     Q, KS, VS, KA, VA, KB, VB, UseB, Out, Lse,
     qk_scale,
@@ -158,6 +176,85 @@ def _segmented_fwd_kernel(
         tl.store(Lse + off_b * stride_lb + off_h * stride_lh + offs_m * stride_lm, lse, mask=row_ok)
 
 
+@triton.jit(do_not_specialize=["len_q", "len_seg", "len_a", "len_b", "blocks_per_split"])
+def _segmented_split_kernel(
+    Q, KS, VS, KA, VA, KB, VB, UseB, OPart, LsePart,
+    qk_scale,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_ksb, stride_ksh, stride_ksn, stride_ksd,
+    stride_vsb, stride_vsh, stride_vsn, stride_vsd,
+    stride_kab, stride_kah, stride_kan, stride_kad,
+    stride_vab, stride_vah, stride_van, stride_vad,
+    stride_kbb, stride_kbh, stride_kbn, stride_kbd,
+    stride_vbb, stride_vbh, stride_vbn, stride_vbd,
+    stride_ob, stride_oh, stride_om, stride_os, stride_od,
+    stride_lb, stride_lh, stride_lm, stride_ls,
+    n_kv_heads, group, len_q, len_seg, len_a, len_b, blocks_per_split,
+    HAS_B: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """Few-query path: program (split s, batch b, KV head h) attends the packed rows (query head
+    h * group + r // Lq, query r % Lq) to split s's share of the key blocks [visible; segment]."""
+    pid_s = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = (pid_bh // n_kv_heads).to(tl.int64)
+    off_hk = (pid_bh % n_kv_heads).to(tl.int64)
+
+    offs_r = tl.arange(0, ROWS)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_r < group * len_q
+    heads = off_hk * group + offs_r // len_q
+    q_row = offs_r % len_q
+    q = tl.load(Q + off_b * stride_qb + heads[:, None] * stride_qh + q_row[:, None] * stride_qm
+                + offs_d[None, :] * stride_qd, mask=row_ok[:, None], other=0.0)
+
+    # This head's visible set is A or B (the other gets length 0); its blocks come first, then the
+    # segment's. Split s takes blocks [lo, hi) of that sequence.
+    n_a = len_a
+    n_b = len_a * 0
+    if HAS_B:
+        use_b = tl.load(UseB + off_hk) != 0
+        n_a = tl.where(use_b, 0, len_a)
+        n_b = tl.where(use_b, len_b, 0)
+    nb_a = tl.cdiv(n_a, BLOCK_N)
+    nb_vis = nb_a + tl.cdiv(n_b, BLOCK_N)
+    lo = pid_s * blocks_per_split
+    hi = tl.minimum(lo + blocks_per_split, nb_vis + tl.cdiv(len_seg, BLOCK_N))
+
+    m_i = tl.full([ROWS], float("-inf"), tl.float32)
+    l_i = tl.zeros([ROWS], tl.float32)
+    acc = tl.zeros([ROWS, HEAD_DIM], tl.float32)
+    everything = offs_r * 0 + len_a + len_b  # no causal limit on visible keys: only the length mask
+    acc, l_i, m_i = _attend(acc, l_i, m_i, q,
+                            KA + off_b * stride_kab + off_hk * stride_kah, VA + off_b * stride_vab + off_hk * stride_vah,
+                            stride_kan, stride_kad, stride_van, stride_vad,
+                            lo * BLOCK_N, tl.minimum(hi, nb_a) * BLOCK_N, n_a, everything, qk_scale, offs_n, offs_d,
+                            BLOCK_N, True, DOT_PREC)
+    if HAS_B:
+        acc, l_i, m_i = _attend(acc, l_i, m_i, q,
+                                KB + off_b * stride_kbb + off_hk * stride_kbh,
+                                VB + off_b * stride_vbb + off_hk * stride_vbh,
+                                stride_kbn, stride_kbd, stride_vbn, stride_vbd,
+                                tl.maximum(lo - nb_a, 0) * BLOCK_N, (tl.minimum(hi, nb_vis) - nb_a) * BLOCK_N,
+                                n_b, everything, qk_scale, offs_n, offs_d, BLOCK_N, True, DOT_PREC)
+    # Segment, bottom-right causal: row r sees segment keys <= r % Lq + (len_seg - len_q).
+    acc, l_i, m_i = _attend(acc, l_i, m_i, q,
+                            KS + off_b * stride_ksb + off_hk * stride_ksh, VS + off_b * stride_vsb + off_hk * stride_vsh,
+                            stride_ksn, stride_ksd, stride_vsn, stride_vsd,
+                            tl.maximum(lo - nb_vis, 0) * BLOCK_N, (hi - nb_vis) * BLOCK_N, len_seg,
+                            q_row + (len_seg - len_q), qk_scale, offs_n, offs_d, BLOCK_N, True, DOT_PREC)
+
+    # A split holding no key a row may see writes lse = -inf and zeros: zero weight in the merge.
+    has_keys = l_i > 0
+    l_safe = tl.where(has_keys, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    lse = tl.where(has_keys, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, float("-inf"))
+    o_row = OPart + off_b * stride_ob + heads * stride_oh + q_row * stride_om + pid_s * stride_os
+    tl.store(o_row[:, None] + offs_d[None, :] * stride_od, out, mask=row_ok[:, None])
+    tl.store(LsePart + off_b * stride_lb + heads * stride_lh + q_row * stride_lm + pid_s * stride_ls, lse, mask=row_ok)
+
+
 def _check_kv(name: str, k: torch.Tensor, v: torch.Tensor, q: torch.Tensor) -> None:
     if k.dim() != 4 or k.shape != v.shape:
         raise ValueError(f"{name}: k and v must both be [B, Hkv, L, D], got {tuple(k.shape)} and {tuple(v.shape)}")
@@ -170,21 +267,29 @@ def _check_kv(name: str, k: torch.Tensor, v: torch.Tensor, q: torch.Tensor) -> N
 
 
 def default_config(dtype: torch.dtype, head_dim: int, device_type: str) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for inputs of this dtype/head_dim on this device type.
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for inputs of this dtype/head_dim on this device type:
+    the first of :func:`configs`."""
+    return configs(dtype, head_dim, device_type)[0]
+
+
+def configs(dtype: torch.dtype, head_dim: int, device_type: str) -> list[tuple[int, int, int, int]]:
+    """Candidate (BLOCK_M, BLOCK_N, num_warps, num_stages) of the prefill kernel, best first; the
+    launcher takes the first whose shared memory fits the device (``_triton.launch_first_fitting``).
 
     bf16/fp16: 128x64 tiles with 3 stages keep Q plus three K/V stages (128 KiB at D=128) in an
-    H100's shared memory, and 8 warps hold the 128xD fp32 accumulator without spilling; D=256 halves
-    the tiles. fp32 (IEEE dots on CUDA cores, for correctness checks, not speed) uses small tiles to
-    limit register spills. Each choice is checked by ``python -m segbench.kernels.compile_check``.
+    H100's shared memory, and 8 warps hold the 128xD fp32 accumulator without spilling; GPUs with
+    ~100 KB per block (consumer Ampere/Ada) fall to 2 stages or 64-row tiles. D=256 halves the tiles.
+    fp32 (IEEE dots on CUDA cores, for correctness checks, not speed) uses small tiles to limit
+    register spills. Each first choice is checked by ``python -m segbench.kernels.compile_check``.
     The CPU interpreter is fastest with small tiles.
     """
     if device_type != "cuda":
-        return 16, 16, 4, 1
+        return [(16, 16, 4, 1)]
     if dtype == torch.float32:
-        return 32, 32, 4, 2
+        return [(32, 32, 4, 2), (32, 32, 4, 1)]
     if head_dim > 128:
-        return 64, 32, 8, 2
-    return 128, 64, 8, 3
+        return [(64, 32, 8, 2), (32, 32, 4, 2), (32, 16, 4, 1)]
+    return [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)]
 
 
 def _segmented(
@@ -194,7 +299,9 @@ def _segmented(
     head_uses_b_H: torch.Tensor | None,
     sm_scale: float | None, write_lse: bool,
     block_m: int | None, block_n: int | None, num_warps: int | None, num_stages: int | None,
+    path: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Shared launcher; ``path`` ("auto", "few", "prefill") forces a path for tests."""
     if q_BHLD.dim() != 4:
         raise ValueError(f"q must be [B, Hq, Lq, D], got {tuple(q_BHLD.shape)}")
     batch, n_q_heads, len_q, head_dim = q_BHLD.shape
@@ -231,26 +338,83 @@ def _segmented(
     empty = k_seg_BHLD[:, :, :0]
     ka, va = (k_vis_a_BHLD, v_vis_a_BHLD) if k_vis_a_BHLD is not None else (empty, empty)
     kb, vb = (k_vis_b_BHLD, v_vis_b_BHLD) if has_b else (empty, empty)
+    scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(head_dim)
+    group = n_q_heads // n_kv_heads
+    few = len_q * group <= FEW_QUERY_ROWS if path == "auto" else path == "few"
+    if few:
+        _segmented_few(q_BHLD, k_seg_BHLD, v_seg_BHLD, ka, va, kb, vb, use_b, has_b, out, lse, scale,
+                       block_n, num_warps, num_stages)
+        return out, lse
+
     lse_arg = lse if lse is not None else out  # never written when WRITE_LSE is False
     lse_strides = lse.stride() if lse is not None else (0, 0, 0)
+    candidates = [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
+                  for bm, bn, w, st in configs(q_BHLD.dtype, head_dim, target(q_BHLD.device))]
+    overrides = {k: v for k, v in (("BLOCK_M", block_m), ("BLOCK_N", block_n), ("num_warps", num_warps),
+                                   ("num_stages", num_stages)) if v}
+    candidates = [c | overrides for c in candidates]
 
-    d_bm, d_bn, d_warps, d_stages = default_config(q_BHLD.dtype, head_dim, q_BHLD.device.type)
-    block_m, block_n = block_m or d_bm, block_n or d_bn
-    scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(head_dim)
-    grid = (triton.cdiv(len_q, block_m), batch * n_q_heads)
-    _segmented_fwd_kernel[grid](
-        q_BHLD, k_seg_BHLD, v_seg_BHLD, ka, va, kb, vb, use_b if use_b is not None else out, out, lse_arg,
-        scale * LOG2E,
-        *q_BHLD.stride(), *k_seg_BHLD.stride(), *v_seg_BHLD.stride(),
-        *ka.stride(), *va.stride(), *kb.stride(), *vb.stride(),
-        *out.stride(), *lse_strides,
-        n_q_heads, n_q_heads // n_kv_heads, len_q, len_seg, ka.shape[2], kb.shape[2],
-        HAS_B=has_b, WRITE_LSE=write_lse,
-        BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim,
-        DOT_PREC="ieee" if q_BHLD.dtype == torch.float32 else "tf32",
-        num_warps=num_warps or d_warps, num_stages=num_stages or d_stages,
-    )
+    def launch(config: dict) -> None:
+        grid = (triton.cdiv(len_q, config["BLOCK_M"]), batch * n_q_heads)
+        _segmented_fwd_kernel[grid](
+            q_BHLD, k_seg_BHLD, v_seg_BHLD, ka, va, kb, vb, use_b if use_b is not None else out, out, lse_arg,
+            scale * LOG2E,
+            *q_BHLD.stride(), *k_seg_BHLD.stride(), *v_seg_BHLD.stride(),
+            *ka.stride(), *va.stride(), *kb.stride(), *vb.stride(),
+            *out.stride(), *lse_strides,
+            n_q_heads, group, len_q, len_seg, ka.shape[2], kb.shape[2],
+            HAS_B=has_b, WRITE_LSE=write_lse, HEAD_DIM=head_dim,
+            DOT_PREC="ieee" if q_BHLD.dtype == torch.float32 else "tf32",
+            **config,
+        )
+
+    launch_first_fitting(
+        launch, candidates,
+        lambda c: tile_shared_bytes(c["BLOCK_M"], c["BLOCK_N"], head_dim, c["num_stages"], q_BHLD.element_size()),
+        q_BHLD.device, "segmented_attention")
     return out, lse
+
+
+def _segmented_few(
+    q_BHLD: torch.Tensor, k_seg: torch.Tensor, v_seg: torch.Tensor,
+    ka: torch.Tensor, va: torch.Tensor, kb: torch.Tensor, vb: torch.Tensor,
+    use_b: torch.Tensor | None, has_b: bool, out: torch.Tensor, lse: torch.Tensor | None, scale: float,
+    block_n: int | None, num_warps: int | None, num_stages: int | None,
+) -> None:
+    """The few-query path (see the module doc): split-KV over [visible; segment], then the merge."""
+    batch, n_q_heads, len_q, head_dim = q_BHLD.shape
+    n_kv_heads, len_seg = k_seg.shape[1], k_seg.shape[2]
+    group = n_q_heads // n_kv_heads
+    rows = max(16, triton.next_power_of_2(len_q * group))
+    len_a, len_b = ka.shape[2], kb.shape[2]
+    dev = q_BHLD.device
+    candidates = [dict(BLOCK_N=bn, num_warps=w, num_stages=st) for bn, w, st in _split_configs(q_BHLD.dtype, head_dim, target(dev))]
+    overrides = {k: v for k, v in (("BLOCK_N", block_n), ("num_warps", num_warps), ("num_stages", num_stages)) if v}
+    candidates = [c | overrides for c in candidates]
+
+    def launch(config: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        bn = config["BLOCK_N"]
+        n_blocks = triton.cdiv(max(len_a, len_b), bn) + triton.cdiv(len_seg, bn)  # the longest head's
+        per_split = triton.cdiv(n_blocks, min(choose_splits(n_blocks, batch * n_kv_heads, dev), MAX_SPLITS))
+        splits = triton.cdiv(n_blocks, per_split)
+        o_part = torch.empty((batch, n_q_heads, len_q, splits, head_dim), device=dev, dtype=torch.float32)
+        lse_part = torch.empty((batch, n_q_heads, len_q, splits), device=dev, dtype=torch.float32)
+        _segmented_split_kernel[(splits, batch * n_kv_heads)](
+            q_BHLD, k_seg, v_seg, ka, va, kb, vb, use_b if use_b is not None else o_part, o_part, lse_part,
+            scale * LOG2E,
+            *q_BHLD.stride(), *k_seg.stride(), *v_seg.stride(), *ka.stride(), *va.stride(), *kb.stride(), *vb.stride(),
+            *o_part.stride(), *lse_part.stride(),
+            n_kv_heads, group, len_q, len_seg, len_a, len_b, per_split,
+            HAS_B=has_b, ROWS=rows, HEAD_DIM=head_dim, DOT_PREC="ieee" if q_BHLD.dtype == torch.float32 else "tf32",
+            **config,
+        )
+        return o_part, lse_part
+
+    o_part, lse_part = launch_first_fitting(
+        launch, candidates,
+        lambda c: tile_shared_bytes(rows, c["BLOCK_N"], head_dim, c["num_stages"], q_BHLD.element_size()),
+        dev, "segmented_attention (few-query path)")
+    merge_splits(o_part, lse_part, out, lse)
 
 
 def segmented_attention(

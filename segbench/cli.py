@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="micro-benchmarks (e.g. `segbench bench kernels`)", add_help=False)
     b.add_argument("args", nargs=argparse.REMAINDER)
+
+    g = sub.add_parser("gpu-check", help="every GPU number from one command under a wall budget (make gpu-check)",
+                       add_help=False)
+    g.add_argument("args", nargs=argparse.REMAINDER)
     return p
 
 
@@ -276,7 +280,13 @@ def cmd_train(args) -> int:
     return train_main(list(args.args))
 
 
-PASSTHROUGH = ("data", "bench", "train")
+def cmd_gpu_check(args) -> int:
+    from segbench.gpucheck import main as gpu_check_main
+
+    return gpu_check_main(list(args.args))
+
+
+PASSTHROUGH = ("data", "bench", "train", "gpu-check")
 
 COMMANDS = {
     "run": cmd_run,
@@ -288,6 +298,7 @@ COMMANDS = {
     "data": cmd_data,
     "bench": cmd_bench,
     "train": cmd_train,
+    "gpu-check": cmd_gpu_check,
 }
 
 if __name__ == "__main__":

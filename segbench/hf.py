@@ -15,7 +15,7 @@ import transformers
 from packaging.version import Version
 
 from segbench.errors import UserError
-from segbench.models import config_values, is_local_path, resolve_model
+from segbench.models import config_values, fill_random, is_local_path, params_on_meta, resolve_model
 
 SUPPORTED_TRANSFORMERS = (">=5.17", "<6")
 
@@ -58,8 +58,8 @@ def build_model(
 ) -> torch.nn.Module:
     """A preset with random weights built directly on `device`, or a local checkpoint.
 
-    Random weights are initialised on the target device (torch.device context), so an 8B model
-    never takes a 16 GB detour through host memory.
+    Random weights are allocated once, on the target device, and filled there from a generator seeded
+    with ``seed`` (no host detour, no per-module init): an 8B preset builds in seconds on a GPU.
     """
     check_transformers_version()
     register_default_attention()
@@ -84,11 +84,13 @@ def build_model(
         values = config_values(model, overrides)
         model_type = values.pop("model_type")
         config = transformers.AutoConfig.for_model(model_type, **values)
-        torch.manual_seed(seed)
-        with torch.device(device):
+        # Parameters on meta during construction (no allocation, no per-module init), then one
+        # seeded on-device fill each (segbench.models.fill_random): an 8B preset in seconds.
+        with params_on_meta():
             m = transformers.AutoModelForCausalLM.from_config(
                 config, dtype=torch_dtype, attn_implementation=attn_implementation, trust_remote_code=False
             )
+        fill_random(m, device, seed, getattr(config, "initializer_range", None) or 0.02)
     m.eval()
     m.requires_grad_(False)
     return m

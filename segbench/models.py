@@ -133,3 +133,75 @@ def shape_of(model: str, overrides: dict | None = None) -> ModelShape:
 def is_trained(model: str) -> bool:
     """A local checkpoint or a shipped trained preset has trained weights; shape presets are random."""
     return is_local_path(model) or trained_preset_dir(model) is not None
+
+
+# --------------------------------------------------------------------------------------------
+# Fast random weights: an 8B preset built on the GPU in seconds.
+#
+# Building with transformers' from_config allocates every parameter, runs torch's per-module
+# reset_parameters (kaiming on each Linear) and then transformers' _init_weights over every module
+# again: two full passes of many small init calls over 16 GB. Instead the parameters are created
+# on the meta device (no memory, every init a no-op), then each is allocated once on the target
+# device and filled by one normal_ call from a seeded generator there, with the values
+# transformers' _init_weights would draw from (normal(0, initializer_range) for matrices and
+# embeddings, ones for norm weights, zeros for biases). Buffers (RoPE inv_freq) are computed as
+# usual during construction and moved. Weights are random, not zeros, and deterministic per
+# (seed, device type).
+
+
+class params_on_meta:
+    """Context manager: every nn.Parameter registered inside lands on the meta device (buffers do not)."""
+
+    def __enter__(self):
+        import torch
+
+        self._original = torch.nn.Module.register_parameter
+        original = self._original
+
+        def register_parameter(module, name, param):
+            original(module, name, param)
+            if param is not None and param.device.type != "meta":
+                kwargs = param.__dict__
+                module._parameters[name] = type(param)(param.to("meta"), **kwargs) if kwargs else \
+                    torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+        torch.nn.Module.register_parameter = register_parameter
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.nn.Module.register_parameter = self._original
+        return False
+
+
+def fill_random(model, device: str, seed: int, std: float) -> None:
+    """Allocate every meta parameter of ``model`` on ``device`` and fill it (see above); move buffers."""
+    import torch
+
+    dev = torch.device(device)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    done: dict[int, torch.nn.Parameter] = {}  # tied weights (lm_head = embed_tokens) stay one tensor
+    for module_name, module in model.named_modules():
+        for name, param in list(module._parameters.items()):
+            if param is None:
+                continue
+            if id(param) in done:
+                module._parameters[name] = done[id(param)]
+                continue
+            data = torch.empty(param.shape, dtype=param.dtype, device=dev)
+            full = f"{module_name}.{name}"
+            if name == "bias":
+                data.zero_()
+            elif data.dim() == 1 and "norm" in full.lower():
+                data.fill_(1.0)
+            else:
+                data.normal_(0.0, std, generator=gen)
+            new = torch.nn.Parameter(data, requires_grad=False)
+            done[id(param)] = new
+            module._parameters[name] = new
+        for name, buf in list(module._buffers.items()):
+            if buf is not None:
+                if buf.device.type == "meta":
+                    raise RuntimeError(f"buffer {module_name}.{name} was built on the meta device")
+                module._buffers[name] = buf.to(dev)

@@ -44,6 +44,68 @@ def test_peak_lookup_prefers_the_specific_name():
     assert bench.peak_tflops("Tesla T4") is None
 
 
+def test_peak_hbm_lookup():
+    assert bench.peak_hbm_gbps("NVIDIA H200") == 4800.0
+    assert bench.peak_hbm_gbps("NVIDIA H100 80GB HBM3") == 3350.0
+    assert bench.peak_hbm_gbps("NVIDIA H100 PCIe") == 2000.0
+    assert bench.peak_hbm_gbps("Tesla T4") is None
+
+
+def test_gqa_decode_baseline_is_attention_over_unexpanded_kv():
+    """The decode baseline computes the same attention as the reference, reading K/V as [B, Hkv, L, D]."""
+    from segbench.kernels.decode_attention import decode_attention_ref
+
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 8, 64, generator=gen, dtype=torch.float64)
+    k, v = (torch.randn(2, 2, 33, 64, generator=gen, dtype=torch.float64) for _ in range(2))
+    torch.testing.assert_close(bench.gqa_decode(q, k, v), decode_attention_ref(q, k, v)[0], rtol=1e-12, atol=1e-12)
+
+
+def _fake_timer(times):
+    """do_bench stand-in: returns the next of ``times`` (ms) and records that the thunk was passed."""
+    seen = []
+
+    def timer(fn, warmup, rep):
+        seen.append(fn)
+        return times[len(seen) - 1]
+
+    return timer, seen
+
+
+def test_measure_prefill_row_is_tflops_and_percent_of_baseline():
+    pairs = 10**9
+    case = bench.Case("prefill", 4096, pairs, lambda: "kernel", "sdpa-flash", lambda: "base", pairs)
+    timer, seen = _fake_timer([2.0, 1.0])
+    row = bench.measure(case, 1000.0, 25, 100, hbm=4800.0, timer=timer)
+    flops = 4 * bench.HEAD_DIM * pairs
+    assert [f() for f in seen] == ["kernel", "base"]
+    assert row.tflops == pytest.approx(flops / 2e-3 / 1e12)
+    assert row.pct_peak == pytest.approx(100 * row.tflops / 1000.0)
+    assert row.pct_of_baseline == pytest.approx(50.0) and row.ratio == pytest.approx(0.5)
+    assert row.gb_per_s is None and row.pct_hbm is None
+
+
+def test_measure_decode_row_is_gbps_and_percent_of_hbm_and_baseline():
+    kv = 2 * 8 * 131072 * 128 * 2  # 512 MiB of bf16 K/V at 128K
+    case = bench.Case("decode", 131072, 32 * 131072, lambda: None, "torch GQA matmul", lambda: None, 32 * 131072,
+                      kv_bytes=kv, baseline_kv_bytes=kv)
+    timer, _ = _fake_timer([0.25, 0.5])
+    row = bench.measure(case, 989.0, 25, 100, hbm=4800.0, timer=timer)
+    assert row.gb_per_s == pytest.approx(kv / 0.25e-3 / 1e9)
+    assert row.pct_hbm == pytest.approx(100 * row.gb_per_s / 4800.0)
+    assert row.baseline_gb_per_s == pytest.approx(kv / 0.5e-3 / 1e9)
+    assert row.pct_of_baseline == pytest.approx(200.0)
+    assert row.pct_peak is None  # a memory-bound row is not judged against the tensor-core peak
+
+
+def test_bench_times_with_do_bench():
+    """The timer is triton's do_bench (L2 flushed, many calls), not one call per event pair."""
+    import inspect
+
+    assert "do_bench" in inspect.getsource(bench.time_ms)
+    assert bench.measure.__defaults__[-1] is bench.time_ms
+
+
 def _randn(*shape):
     return torch.randn(*shape, device="cuda", dtype=torch.bfloat16)
 
@@ -108,3 +170,31 @@ def test_block_sparse_bf16_accuracy_and_speed(benchmark, context):
     _assert_bf16_rule(block_sparse_attention(q, k, v, *PATTERN), q, k, v, mask, "block-sparse")
     _assert_bf16_rule(block_sparse_decode(q[:, :, -1:], k, v, *PATTERN), q[:, :, -1:], k, v, mask[-1:], "sparse decode")
     _bench(benchmark, lambda: block_sparse_attention(q, k, v, *PATTERN))
+
+
+@pytest.mark.gpu
+@no_cuda
+@kernels_compiled
+@pytest.mark.parametrize("len_vis, len_seg", [(2048, 1), (2048, 3000), (126976, 4096)])
+def test_segmented_decode_bf16_accuracy_and_speed(benchmark, len_vis, len_seg):
+    """One query through segmented_attention's few-query path (a decode step of the method)."""
+    q = _randn(1, HQ, 1, D)
+    k, v = _randn(1, HKV, len_vis + len_seg, D), _randn(1, HKV, len_vis + len_seg, D)
+    args = (q, k[:, :, len_vis:], v[:, :, len_vis:], k[:, :, :len_vis], v[:, :, :len_vis])
+    _assert_bf16_rule(segmented_attention(*args), q, k, v, None, f"segmented decode vis={len_vis} seg={len_seg}")
+    _bench(benchmark, lambda: segmented_attention(*args))
+
+
+@pytest.mark.gpu
+@no_cuda
+@kernels_compiled
+@pytest.mark.parametrize("block", [128, 256])
+def test_block_sparse_large_blocks_run_on_the_gpu(block):
+    """Blocks 128/256 at D=128 ran out of shared memory when the tile was the block; now tiles."""
+    q = _randn(1, HQ, 4096, D)
+    k, v = _randn(1, HKV, 4096, D), _randn(1, HKV, 4096, D)
+    pattern = (1, 2, 4)
+    mask = token_mask(4096, 4096, block, *pattern, device="cuda")
+    _assert_bf16_rule(block_sparse_attention(q, k, v, *pattern, block_size=block), q, k, v, mask, f"block {block}")
+    _assert_bf16_rule(block_sparse_decode(q[:, :, -1:], k, v, *pattern, block_size=block), q[:, :, -1:], k, v,
+                      mask[-1:], f"sparse decode block {block}")

@@ -113,3 +113,70 @@ def test_prefill_rejects_cross_attention():
     kv = torch.zeros(1, 2, 48, 64, device=DEVICE)
     with pytest.raises(ValueError, match="self-attention"):
         block_sparse_attention(q, kv, kv, 1, 1, 2, block_size=16)
+
+
+# --- the pattern's block decoupled from the kernel's tile --------------------------------------
+
+
+@pytest.mark.parametrize("block_size, pattern", [(32, (1, 2, 3)), (64, (0, 1, 2))])
+def test_blocks_larger_than_the_tile(block_size, pattern):
+    """A pattern block of 32/64 tokens runs as 2/4 tiles of 16 (the interpreter's tile): prefill and
+    decode still follow the token-level pattern exactly."""
+    from segbench.kernels.block_sparse import tile_size
+
+    assert tile_size(torch.float32, 64, block_size, DEVICE.type) < block_size or DEVICE.type == "cuda"
+    q, k, v = _inputs(4, 2, 150, 64, seed=block_size)
+    ref64 = block_sparse_attention_ref(q, k, v, *pattern, block_size=block_size)
+    ref32 = block_sparse_attention_ref(q.float(), k.float(), v.float(), *pattern, block_size=block_size)
+    out, lse = block_sparse_attention_lse(*_dev(q, k, v), *pattern, block_size=block_size)
+    assert_within_rule(out.cpu(), ref32[0], ref64[0], f"block {block_size} out")
+    assert_within_rule(lse.cpu(), ref32[1], ref64[1], f"block {block_size} lse")
+    q_last = q[:, :, -1]
+    d64 = block_sparse_decode_ref(q_last, k, v, *pattern, block_size=block_size)[0]
+    d32 = block_sparse_decode_ref(q_last.float(), k.float(), v.float(), *pattern, block_size=block_size)[0]
+    dec = block_sparse_decode(*_dev(q_last, k, v), *pattern, block_size=block_size, num_splits=2)
+    assert_within_rule(dec.cpu(), d32, d64, f"block {block_size} decode")
+
+
+def test_gpu_tile_configs_fit_hopper_shared_memory_for_every_block():
+    """On a GPU every pattern block (16..1024) gets tiles <= 128 (<= 64 at D=256) whose first choice
+    fits an H100/H200's 227 KB; the old behaviour (tile = block) needed ~320 KB at block 256, D=128."""
+    from segbench.kernels._triton import SHARED_LIMIT, tile_shared_bytes
+    from segbench.kernels.block_sparse import configs
+
+    for head_dim in (64, 128, 256):
+        for block in (16, 32, 64, 128, 256, 1024):
+            for dtype in (torch.bfloat16, torch.float16):
+                cands = configs(dtype, head_dim, block, "cuda")
+                assert all(block % c["BLOCK"] == 0 and c["BLOCK"] <= (64 if head_dim > 128 else 128) for c in cands)
+                first = cands[0]
+                assert tile_shared_bytes(first["BLOCK"], first["BLOCK"], head_dim, first["num_stages"], 2) <= SHARED_LIMIT[90]
+    assert tile_shared_bytes(256, 256, 128, 2, 2) > SHARED_LIMIT[90]  # what the tile = block kernel needed
+
+
+def test_out_of_resources_falls_back_then_fails_clearly(monkeypatch):
+    """A config the compiler rejects (OutOfResources) makes way for the next; if none fits, one clear
+    RuntimeError, never Triton's OutOfResources."""
+    from segbench.kernels import _triton
+
+    class OutOfResources(Exception):  # matched by name, like triton.runtime.errors.OutOfResources
+        pass
+
+    tried = []
+
+    def launch(cfg):
+        tried.append(cfg["BLOCK"])
+        if cfg["BLOCK"] > 32:
+            raise OutOfResources("shared memory")
+        return cfg["BLOCK"]
+
+    cands = [dict(BLOCK=128), dict(BLOCK=64), dict(BLOCK=32)]
+    assert _triton.launch_first_fitting(launch, cands, lambda c: 0, torch.device("cpu"), "k") == 32
+    assert tried == [128, 64, 32]
+    with pytest.raises(RuntimeError, match="ran out of GPU resources"):
+        _triton.launch_first_fitting(launch, cands[:2], lambda c: 0, torch.device("cpu"), "k")
+    monkeypatch.setattr(_triton, "shared_limit", lambda device: 1000)
+    with pytest.raises(RuntimeError, match="no tile configuration fits"):
+        _triton.launch_first_fitting(launch, cands, lambda c: c["BLOCK"] * 100, torch.device("cpu"), "k")
+    with pytest.raises(ValueError):  # any other error passes through untouched
+        _triton.launch_first_fitting(lambda c: int("x"), cands, lambda c: 0, torch.device("cpu"), "k")

@@ -24,10 +24,12 @@ def test_kernels_compile_for_sm90_without_spills_or_shared_overflow():
     env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
     # bf16 at D=128 is what runs and is benchmarked; the CLI covers the other dtypes and head dims.
     cmd = [sys.executable, "-m", "segbench.kernels.compile_check", "--arch", "90", "--dtypes", "bf16",
-           "--head-dims", "128", "--only", "segmented+B+lse,decode+merge,block-sparse"]
+           "--head-dims", "128", "--only", "segmented+B+lse,segmented-decode,decode+merge,block-sparse"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     report = proc.stdout + proc.stderr[-2000:]
     assert proc.returncode == 0, report
     lines = [line for line in proc.stdout.splitlines() if line.startswith(("ok", "FAIL"))]
-    assert len(lines) == 6, report  # segmented, decode split + merge, block-sparse, sparse decode split + merge
+    # segmented, its few-query split + merge, decode split + merge, and for each of the 5 pattern blocks
+    # block-sparse prefill plus sparse decode split + merge
+    assert len(lines) == 1 + 2 + 2 + 5 * 3, report
     assert not any("(spills)" in line for line in lines), report

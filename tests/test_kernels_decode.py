@@ -80,3 +80,33 @@ def test_rejects_more_than_one_query_token():
     kv = torch.zeros(1, 1, 8, 64, device=DEVICE)
     with pytest.raises(ValueError, match="one query token"):
         decode_attention(torch.zeros(1, 2, 3, 64, device=DEVICE), kv, kv)
+
+
+def test_kv_lens_zero_gives_zeros_and_minus_inf_lse():
+    """Length 0 attends to nothing: a defined result (zeros, lse -inf), never NaN from -inf - -inf;
+    the other sequence of the batch is unaffected."""
+    q, k, v = _inputs(2, 4, 2, 40, 64, seed=4)
+    qd, kd, vd = (x.float().to(DEVICE) for x in (q, k, v))
+    out, lse = decode_attention_lse(qd, kd, vd, torch.tensor([0, 40]).to(DEVICE), num_splits=3, block_n=16)
+    assert not out.isnan().any() and not lse.isnan().any()
+    assert (out[0] == 0).all() and (lse[0] == float("-inf")).all()
+    ref64, ref32 = decode_attention_ref(q[1:], k[1:], v[1:]), decode_attention_ref(q[1:].float(), k[1:].float(), v[1:].float())
+    assert_within_rule(out[1:].cpu(), ref32[0], ref64[0], "the other sequence")
+
+
+def test_kv_lens_are_clamped_to_the_cache():
+    """A length above L reads the whole cache and not one key past it (the cache below is a view of
+    a bigger buffer whose extra keys would change the result); a negative length is 0."""
+    q, k_big, v_big = _inputs(2, 4, 1, 60, 64, seed=5)
+    k, v = k_big[:, :, :45], v_big[:, :, :45]
+    qd, kd, vd = (x.float().to(DEVICE) for x in (q, k_big, v_big))
+    out, lse = decode_attention_lse(qd, kd[:, :, :45], vd[:, :, :45], torch.tensor([1000, -3]).to(DEVICE), block_n=16)
+    ref64, ref32 = decode_attention_ref(q[:1], k[:1], v[:1]), decode_attention_ref(q[:1].float(), k[:1].float(), v[:1].float())
+    assert_within_rule(out[:1].cpu(), ref32[0], ref64[0], "length > L clamped")
+    assert (out[1] == 0).all() and (lse[1] == float("-inf")).all()
+
+
+def test_kv_lens_must_be_integers():
+    kv = torch.zeros(1, 1, 8, 64, device=DEVICE)
+    with pytest.raises(ValueError, match="integers"):
+        decode_attention(torch.zeros(1, 2, 64, device=DEVICE), kv, kv, torch.tensor([3.0]))

@@ -132,3 +132,84 @@ def test_refuses_slices_beyond_int32_offsets():
     with pytest.raises(ValueError, match="2\\^31"):
         check_offsets(huge)
     check_offsets(huge[:, :, :2])  # 2^30 + 63: fine
+
+
+# --- the few-query (split-KV) path behind the same entry point ---------------------------------
+
+
+def _run_path(path: str, args: list, **kw):
+    from segbench.kernels.segmented_attention import _segmented
+
+    full = list(args) + [None] * (8 - len(args))
+    return _segmented(*full, kw.get("sm_scale"), True, None, kw.get("block_n", 16), None, None, path=path)
+
+
+@pytest.mark.parametrize(
+    "n_q_heads, n_kv_heads, len_q, len_seg, len_a, len_b, uses_b",
+    [
+        (8, 2, 1, 1, 0, None, None),          # the first token of a segment, nothing visible
+        (8, 2, 1, 37, 50, None, None),        # a decode step: GQA 4 packed into one tile, tail 50
+        (4, 1, 3, 20, 0, 70, [True]),         # 3 queries (rows 12), long-range head over the prefix
+        (8, 2, 2, 9, 21, 45, [False, True]),  # per-head sets, a split boundary inside each set
+        (16, 1, 4, 40, 33, None, None),       # GQA 16 x 4 queries = 64 rows: the path's widest tile
+    ],
+)
+def test_few_query_path_matches_reference(n_q_heads, n_kv_heads, len_q, len_seg, len_a, len_b, uses_b):
+    gen = torch.Generator().manual_seed(len_seg * 7 + len_a)
+    q = _randn(1, n_q_heads, len_q, 64, gen=gen)
+    k, v = (_randn(1, n_kv_heads, len_seg, 64, gen=gen) for _ in range(2))
+    args = [q, k, v]
+    if len_a or len_b is not None:
+        args += [_randn(1, n_kv_heads, len_a, 64, gen=gen) for _ in range(2)]
+    if len_b is not None:
+        args += [_randn(1, n_kv_heads, len_b, 64, gen=gen) for _ in range(2)] + [torch.tensor(uses_b)]
+    group = n_q_heads // n_kv_heads
+    assert len_q * group <= 64  # so the public entry point takes the few-query path, as checked by _check
+    _check(args, what=f"few-query Lq={len_q} G={group} A={len_a} B={len_b}")
+
+
+def test_both_paths_agree_where_either_could_run():
+    """The same call forced through the prefill kernel and the split-KV path: the same attention."""
+    gen = torch.Generator().manual_seed(21)
+    q = _randn(1, 4, 5, 64, gen=gen).float()
+    k, v = (_randn(1, 2, 30, 64, gen=gen).float() for _ in range(2))
+    ka, va = (_randn(1, 2, 17, 64, gen=gen).float() for _ in range(2))
+    args = [x.to(DEVICE) for x in (q, k, v, ka, va)]
+    few_out, few_lse = _run_path("few", args)
+    pre_out, pre_lse = _run_path("prefill", args)
+    ref64 = segmented_attention_ref(*(x.double() for x in (q, k, v, ka, va)))
+    ref32 = segmented_attention_ref(q, k, v, ka, va)
+    for out, lse, what in ((few_out, few_lse, "few"), (pre_out, pre_lse, "prefill")):
+        assert_within_rule(out.cpu(), ref32[0], ref64[0], f"{what} out")
+        assert_within_rule(lse.cpu(), ref32[1], ref64[1], f"{what} lse")
+
+
+def test_lengths_are_not_specialised():
+    """A decode step of length 1 must not compile a new kernel variant (Triton specialises ints == 1)."""
+    from segbench.kernels import decode_attention as da
+    from segbench.kernels import segmented_attention as sa
+
+    for kernel, names in ((sa._segmented_fwd_kernel, ("len_q", "len_seg", "len_a", "len_b")),
+                          (sa._segmented_split_kernel, ("len_q", "len_seg", "len_a", "len_b", "blocks_per_split")),
+                          (da._decode_split_kernel, ("len_kv", "n_blocks", "blocks_per_split")),
+                          (da._merge_splits_kernel, ("n_splits", "n_rows"))):
+        # A compiled JITFunction has .do_not_specialize; the interpreter's keeps the decorator's kwargs.
+        listed = getattr(kernel, "do_not_specialize", None) or kernel.kwargs.get("do_not_specialize") or []
+        marked = {kernel.arg_names[i] if isinstance(i, int) else i for i in listed}
+        assert set(names) <= marked, f"{kernel.fn.__name__}: {set(names) - marked} specialised"
+
+
+@pytest.mark.parametrize("len_q", [1, 3, 40])  # few-query path (rows 4, 12) and the prefill kernel (rows 160)
+def test_fp16_within_twice_torchs_fp16_error(len_q):
+    """fp16 inputs (the interpreter's tl.dot is right for fp16, not bf16): kernel vs float64 within
+    2x the error of the same torch computation in fp16."""
+    gen = torch.Generator().manual_seed(len_q)
+    q = _randn(1, 8, len_q, 64, gen=gen)
+    k, v = (_randn(1, 2, 50, 64, gen=gen) for _ in range(2))
+    k_vis, v_vis = (_randn(1, 2, 70, 64, gen=gen) for _ in range(2))
+    args = [q, k, v, k_vis, v_vis]
+    ref64 = segmented_attention_ref(*args)[0]
+    ref16 = segmented_attention_ref(*[a.half() for a in args])[0]
+    out = segmented_attention(*[a.half().to(DEVICE) for a in args])
+    assert out.dtype == torch.float16
+    assert_within_rule(out.cpu(), ref16, ref64, f"fp16 Lq={len_q}", floor=1e-4)
