@@ -189,6 +189,8 @@ def cmd_report(args) -> int:
             write_html(df, Path(args.html))
         except ImportError as e:  # plotly missing: figures raise a subclass naming the extra
             raise UserError(f"HTML export is not available: {e}") from None
+        except OSError as e:
+            raise UserError(f"--html {args.html}: cannot write it ({e.strerror or e}); give a writable path") from None
         print(f"wrote {args.html}", file=sys.stderr)
     return 0
 

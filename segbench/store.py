@@ -75,7 +75,8 @@ def suite_slug(name: str) -> str:
     letters, digits, '.', '_' and '-'; anything else becomes '-'; no leading dot, at most 100 chars.
     """
     text = unicodedata.normalize("NFKC", str(name))
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip(".-")[:100].strip(".-")
+    slug = re.sub(r"[^A-Za-z0-9._-]+|\.\.+", "-", text)  # '..' never survives, even inside a name
+    slug = re.sub(r"-{2,}", "-", slug).strip(".-")[:100].strip(".-")
     return slug or "suite"
 
 

@@ -14,10 +14,12 @@ to rehearse a sweep without Slurm; it then keeps `max_parallel` (default 1) task
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from segbench.errors import UserError
 from segbench.launchers import (
     GIB,
     Finished,
@@ -45,8 +47,15 @@ class SlurmLauncher(Launcher):
         super().__init__(suite, spec)
         self.submitit = require("submitit", "slurm")
         self.folder = Path(folder)
-        # "%j" gives each job (array task) its own folder of pickles and logs.
-        self.executor = self.submitit.AutoExecutor(folder=self.folder / "%j", cluster=spec.slurm.cluster)
+        no_slurm = ("--launcher slurm: no Slurm on this machine ({}); run from a Slurm login node, or set "
+                    "launcher.slurm.cluster: local to rehearse the sweep here")
+        if spec.slurm.cluster == "slurm" and shutil.which("sbatch") is None:
+            raise UserError(no_slurm.format("sbatch is not on PATH"))
+        try:
+            # "%j" gives each job (array task) its own folder of pickles and logs.
+            self.executor = self.submitit.AutoExecutor(folder=self.folder / "%j", cluster=spec.slurm.cluster)
+        except RuntimeError as e:  # submitit's own detection (srun) failed
+            raise UserError(no_slurm.format(last_line(str(e)))) from None
         self._jobs: dict[str, tuple[Cell, object]] = {}
         self._poll_s = 1.0 if spec.slurm.cluster == "local" else 10.0
 
