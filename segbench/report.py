@@ -42,17 +42,21 @@ def load(path: Path) -> pd.DataFrame:
         raise UserError(f"no results under {str(path)!r}; run `segbench run SUITE --out {path}` first")
     frames, skipped = [], []
     for d in dirs:
-        # A directory with cell files is consolidated afresh; a copied results.parquet alone is read as is.
-        if (d / "cells").is_dir():
-            cells = store.CellStore(d)
+        # A directory with cell files is consolidated afresh; a copied results.parquet alone is read as is,
+        # and so is one beside a cells/ folder with nothing of segbench's in it (it is never emptied).
+        parquet = d / "results.parquet"
+        cells = store.CellStore(d)
+        if (d / "cells").is_symlink():
+            skipped.append((d / "cells", "a symbolic link"))
+        elif (d / "cells").is_dir() and (cells.rows() or not parquet.is_file()):
             try:
                 parquet = store.consolidate(d, cells)
             except OSError as e:
                 raise UserError(f"cannot write {d / 'results.parquet'} ({e.strerror or e}); report consolidates "
                                 f"the cells into it: make {d} writable, or copy it and report the copy") from None
-            skipped += cells.skipped
-        else:
-            parquet = d / "results.parquet"
+        skipped += cells.skipped
+        if not parquet.is_file():
+            continue
         try:
             df = pd.read_parquet(parquet)
         except Exception as e:  # noqa: BLE001 - whatever is wrong with the file, the other suites still show

@@ -482,3 +482,55 @@ def test_html_to_an_unwritable_path_is_one_line(tmp_path, capsys):
     (tmp_path / "h" / "suite.json").write_text("{}")  # a file where --html wants a folder
     _one_line(capsys, ["report", str(tmp_path / "h"), "--html", str(tmp_path / "h" / "suite.json" / "x.html")],
               "--html")
+
+
+# ----------------------------------------------------------------------------- structure and timing
+
+
+def test_launchers_never_import_the_runner():
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / "segbench"
+    for path in [root / "cellproc.py", *sorted((root / "launchers").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert not [n for n in names if n.startswith("segbench.runner")], f"{path.name} imports the runner"
+
+
+def test_the_first_cells_clock_starts_after_the_forkserver_is_up(tmp_path, monkeypatch):
+    """duration_s of the first cell must not hold the forkserver's imports (seconds)."""
+    import datetime as real_dt
+    import multiprocessing.forkserver as fs
+
+    from segbench import cellproc
+
+    events: list[str] = []
+    real_ensure = fs.ForkServer.ensure_running
+
+    def ensure_running(self):
+        fresh = self._forkserver_pid is None
+        real_ensure(self)
+        if fresh:
+            events.append("forkserver started")
+
+    class Clock:  # cellproc reads the wall clock once, as the cell's clock starts
+        timezone = real_dt.timezone
+
+        class datetime:
+            @staticmethod
+            def now(tz=None):
+                events.append("cell clock started")
+                return real_dt.datetime.now(tz)
+
+    fs._forkserver._stop()  # a forkserver from an earlier test would hide the start-up
+    monkeypatch.setattr(cellproc, "_WARM", False)
+    monkeypatch.setattr(fs.ForkServer, "ensure_running", ensure_running)
+    monkeypatch.setattr(cellproc, "dt", Clock)
+    summary = run_suite(load_suite(write_suite(tmp_path, contexts=[32])), tmp_path / "out", progress=False)
+    assert summary.statuses == {"ok": 1}
+    assert events == ["forkserver started", "cell clock started"]

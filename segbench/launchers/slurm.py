@@ -30,6 +30,7 @@ from segbench.launchers import (
     require,
     run_cell_here,
 )
+from segbench.store import suite_slug
 from segbench.suite import Cell, LauncherSpec, Suite, slurm_minutes
 
 # Slurm's default MaxArraySize is 1001: a larger sweep is handed over this many cells at a time,
@@ -72,7 +73,7 @@ class SlurmLauncher(Launcher):
         s = self.spec.slurm
         cuda = self.suite.spec.device == "cuda"
         self.executor.update_parameters(
-            name=f"segbench-{self.suite.name}",
+            name=f"segbench-{suite_slug(self.suite.name)}",  # it lands in an sbatch script: no newline or quote
             timeout_min=self.time_min(),
             nodes=1,
             tasks_per_node=1,
