@@ -159,8 +159,10 @@ def _launcher_flags(args) -> dict:
 
 
 def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    from segbench.suite import MAX_PARALLEL
+
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_PARALLEL:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer up to {MAX_PARALLEL}")
     return int(text)
 
 

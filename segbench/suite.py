@@ -25,6 +25,7 @@ MAX_TIMEOUT_S = 30 * 24 * 3600
 MAX_MEM_GB = 1e6
 MAX_SEED = 2**32 - 1  # torch, numpy and random all take it; the cell adds the context length to it
 MAX_CONTEXT = 2**31 - 1
+MAX_PARALLEL = 100_000  # cells in flight, GPUs or CPUs per cell: beyond any cluster
 MAX_CELLS = 100_000  # a suite beyond this is a typo (process_repeats: 1e9), not a sweep anyone can run
 
 
@@ -123,14 +124,14 @@ class LauncherSpec:
 
     def __post_init__(self) -> None:
         for name in ("gpus_per_cell", "cpus_per_cell"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.max_parallel is not None and self.max_parallel < 1:
-            raise ValueError("max_parallel must be >= 1")
+            if not 1 <= getattr(self, name) <= MAX_PARALLEL:
+                raise ValueError(f"{name} must be >= 1 and at most {MAX_PARALLEL}")
+        if self.max_parallel is not None and not 1 <= self.max_parallel <= MAX_PARALLEL:
+            raise ValueError(f"max_parallel must be >= 1 and at most {MAX_PARALLEL}")
         if self.host_mem_gb is not None and not 0 < self.host_mem_gb <= MAX_MEM_GB:
             raise ValueError(f"host_mem_gb must be > 0 and at most {MAX_MEM_GB:g}")
-        if self.retries < 0:
-            raise ValueError("retries must be >= 0")
+        if not 0 <= self.retries <= 100:
+            raise ValueError("retries must be between 0 and 100")
 
 
 @dataclass(frozen=True)
@@ -311,7 +312,14 @@ def parse_suite(raw, *, where: str, path: Path | None = None, device: str | None
     spec: SuiteFile = from_dict(SuiteFile, raw, where)
     _check_spec(spec, where)
     spec = _resolve_tasks(spec, where, path.parent if path else None)
-    load_plugins(spec.plugins, path.parent if path else None)
+    try:
+        load_plugins(spec.plugins, path.parent if path else None)
+    except UserError as e:
+        raise UserError(f"{where}: plugins: {e}") from None
+    except Exception as e:  # noqa: BLE001 - the user's own module failed to import: say which, in one line
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"{where}: plugins: importing {', '.join(spec.plugins)} failed ({type(e).__name__}: "
+                        f"{first}); fix the plugin") from None
     params = []
     seen: dict[str, int] = {}
     labels: dict[str, int] = {}

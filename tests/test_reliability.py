@@ -403,9 +403,13 @@ def test_a_broken_model_folder_is_one_line_for_run_and_estimate(tmp_path, capsys
     ({"workload": {"process_repeats": 10**9}}, ["more than 100000 cells"]),
     ({"launcher": {"kind": "kubernetes"}}, ["launcher.kind", "'kubernetes' is not one of"]),
     ({"name": ["a"]}, ["name", "expected a string"]),
+    ({"launcher": {"max_parallel": 10**7}}, ["max_parallel must be >= 1 and at most"]),
+    ({"plugins": ["broken_plugin.py"]}, ["plugins: importing", "SyntaxError"]),
 ], ids=["override-str", "override-inf", "nan-timeout", "inf-cap", "huge-timeout", "inf-host-mem", "huge-int",
-        "huge-context", "negative-context", "negative-seed", "too-many-cells", "unknown-launcher", "list-name"])
+        "huge-context", "negative-context", "negative-seed", "too-many-cells", "unknown-launcher", "list-name",
+        "huge-parallel", "broken-plugin"])
 def test_bad_values_are_one_line(tmp_path, capsys, changes, fragments):
+    (tmp_path / "broken_plugin.py").write_text("def oops(:\n")
     path = _suite_file(tmp_path, **changes)
     _one_line(capsys, ["run", str(path), "--out", str(tmp_path / "o")], str(path), *fragments)
     assert not (tmp_path / "o").exists()
@@ -436,6 +440,10 @@ def test_estimate_contexts_must_be_positive_counts(capsys, contexts):
 def test_estimate_param_nan_is_one_line(capsys):
     _one_line(capsys, ["estimate", "--model", "tiny-llama", "--method", "full", "--param", "chunk_size=.nan",
                        "--contexts", "1k"], "chunk_size")
+
+
+def test_huge_flag_values_are_one_line(tmp_path, capsys):
+    _one_line(capsys, ["run", str(write_suite(tmp_path)), "--max-parallel", "9" * 30], "--max-parallel")
 
 
 def test_slurm_without_slurm_is_one_line(tmp_path, capsys, monkeypatch):
