@@ -148,8 +148,6 @@ class TaskSet:
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError("n must be >= 1")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise ValueError(f"seed must be between 0 and {MAX_SEED}")
 
 
 @dataclass(frozen=True)
