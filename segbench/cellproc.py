@@ -121,13 +121,13 @@ def run_cell(cell: Cell, suite: Suite, workdir: Path, *, visible_devices: str | 
         proc.start()
         alive_r.close()  # the cell holds its own copy; ours would keep the pipe open for ever
         ended = _join(proc, timeout, stop)
-        if ended != "exited":
-            _kill_group(proc)
+        _kill_group(proc)  # also after a clean exit: whatever the cell spawned into its group goes with it
     except BaseException:
         if proc.pid is not None:
             _kill_group(proc)
         raise
     finally:
+        alive_r.close()  # idempotent; here for a start that failed
         alive_w.close()
     row = base_row(cell)
     if ended == "stopped":
@@ -205,6 +205,7 @@ def _join(proc, timeout: float, stop: threading.Event | None) -> str:
 def _kill_group(proc) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        proc.kill()
+    except (ProcessLookupError, PermissionError):  # the group is gone (or was never made)
+        if proc.exitcode is None:
+            proc.kill()
     proc.join()

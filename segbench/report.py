@@ -62,7 +62,7 @@ def load(path: Path) -> pd.DataFrame:
         except Exception as e:  # noqa: BLE001 - whatever is wrong with the file, the other suites still show
             skipped.append((parquet, f"unreadable parquet: {type(e).__name__}"))
             continue
-        if not set(df.columns) <= set(COLUMN_NAMES) or not {"config_hash", "status"} <= set(df.columns):
+        if not store.is_own_parquet_columns(df.columns):
             skipped.append((parquet, "columns outside segbench.schema"))
             continue
         frames.append(df.reindex(columns=list(COLUMN_NAMES)))  # a parquet of an older schema gains empty columns

@@ -353,12 +353,16 @@ def to_frame(rows: list[dict]):
     return df
 
 
+def is_own_parquet_columns(columns) -> bool:
+    """What `consolidate` writes: schema columns only (an older schema's subset too), keys included."""
+    return set(columns) <= set(COLUMN_NAMES) and {"config_hash", "status"} <= set(columns)
+
+
 def _is_own_parquet(path: Path) -> bool:
-    """A parquet file with exactly the schema's columns: what `consolidate` writes."""
     try:
         import pyarrow.parquet as pq
 
-        return list(pq.read_schema(path).names) == list(COLUMN_NAMES)
+        return is_own_parquet_columns(pq.read_schema(path).names)
     except Exception:  # noqa: BLE001 - any failure to read it means it is not ours to delete
         return False
 
