@@ -272,7 +272,10 @@ def _parse_param(text: str):
     if "=" not in text:
         raise UserError(f"--param {text!r}: write it as key=value")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except (yaml.YAMLError, RecursionError):
+        raise UserError(f"--param {text!r}: the value is not valid YAML; quote it, e.g. {key.strip()}='...'") from None
 
 
 def cmd_dashboard(args) -> int:

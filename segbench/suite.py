@@ -25,6 +25,8 @@ MAX_TIMEOUT_S = 30 * 24 * 3600
 MAX_MEM_GB = 1e6
 MAX_SEED = 2**32 - 1  # torch, numpy and random all take it; the cell adds the context length to it
 MAX_CONTEXT = 2**31 - 1
+MAX_SLURM_MINUTES = 366 * 24 * 60
+MAX_VALUES = 1_000_000  # values in a suite file once aliases are expanded
 MAX_PARALLEL = 100_000  # cells in flight, GPUs or CPUs per cell: beyond any cluster
 MAX_CELLS = 100_000  # a suite beyond this is a typo (process_repeats: 1e9), not a sweep anyone can run
 
@@ -80,9 +82,10 @@ def slurm_minutes(time: int | str) -> int:
         minutes = time
     else:
         text = time.strip()
-        days, _, rest = text.rpartition("-")
+        days, dash, rest = text.rpartition("-")
         parts = rest.split(":")
-        if not (days == "" or days.isdigit()) or not all(p.isdigit() for p in parts) or len(parts) > 3:
+        digits = [days] * bool(dash) + parts  # "-1" has a dash and no days: not a time
+        if not all(p.isascii() and p.isdigit() and len(p) <= 9 for p in digits) or len(parts) > 3:
             raise ValueError(f"time {time!r} is not a Slurm time (minutes, H:MM:SS or D-HH:MM:SS)")
         nums = [int(p) for p in parts]
         if days:  # with days, the fields after the dash are hours[:minutes[:seconds]]
@@ -92,8 +95,8 @@ def slurm_minutes(time: int | str) -> int:
             h, m, sec = {1: (0, nums[0], 0), 2: (0, *nums), 3: tuple(nums)}[len(nums)]
             seconds = (h * 60 + m) * 60 + sec
         minutes = -(-seconds // 60)
-    if minutes < 1:
-        raise ValueError(f"time {time!r} must be at least one minute")
+    if not 1 <= minutes <= MAX_SLURM_MINUTES:
+        raise ValueError(f"time {time!r} must be at least one minute and at most a year")
     return minutes
 
 
@@ -284,8 +287,28 @@ def load_suite(path: str | Path, *, device: str | None = None, model: str | None
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise UserError(f"{path}: invalid YAML{where}: {problem}") from None
+    if _expanded_size(raw, MAX_VALUES) > MAX_VALUES:
+        raise UserError(f"{path}: expands to more than {MAX_VALUES} values (aliases of aliases?); write a smaller suite")
     return parse_suite(raw, where=str(path), path=path, device=device, model=model, contexts=contexts,
                        launcher=launcher)
+
+
+def _expanded_size(value, limit: int) -> int:
+    """How many values `value` holds once YAML aliases are expanded, counting no further than `limit`.
+
+    Aliases share objects, so a few lines can stand for billions of values ("billion laughs"):
+    every later walk (type checks, the config hash) would then run for ever.
+    """
+    count, todo = 0, [value]
+    while todo and count <= limit:
+        item = todo.pop()
+        count += 1
+        if isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            todo.extend(item)
+    return count
 
 
 def parse_suite(raw, *, where: str, path: Path | None = None, device: str | None = None,

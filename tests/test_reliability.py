@@ -420,7 +420,11 @@ def test_bad_values_are_one_line(tmp_path, capsys, changes, fragments):
     (b"", "the suite file is empty"),
     (b"- a\n- b\n", "a suite is a mapping"),
     (b"[" * 5000, "nested too deeply"),
-], ids=["latin1", "empty", "list", "deep"])
+    (b"a: &a [x, x, x, x, x, x, x, x, x, x]\n" + b"".join(
+        f"{n}: &{n} [{', '.join(['*' + p] * 10)}]\n".encode() for p, n in zip("abcdefgh", "bcdefghi"))
+     + b"model: {name: tiny-llama, overrides: {x: *i}}\ncontexts: [64]\nmethods: [{method: full}]\n",
+     "expands to more than"),
+], ids=["latin1", "empty", "list", "deep", "billion-laughs"])
 def test_unreadable_suite_files_are_one_line(tmp_path, capsys, content, fragment):
     path = tmp_path / "s.yaml"
     path.write_bytes(content)
@@ -442,8 +446,14 @@ def test_estimate_param_nan_is_one_line(capsys):
                        "--contexts", "1k"], "chunk_size")
 
 
-def test_huge_flag_values_are_one_line(tmp_path, capsys):
-    _one_line(capsys, ["run", str(write_suite(tmp_path)), "--max-parallel", "9" * 30], "--max-parallel")
+@pytest.mark.parametrize("flags", [["--max-parallel", "9" * 30], ["--slurm-time=-1"], ["--slurm-time", "9" * 20],
+                                   ["--slurm-time", "1-"], ["--gpus-per-cell", "0"]])
+def test_bad_flag_values_are_one_line(tmp_path, capsys, flags):
+    _one_line(capsys, ["run", str(write_suite(tmp_path)), *flags], flags[0].split("=")[0])
+
+
+def test_estimate_param_that_is_not_yaml_is_one_line(capsys):
+    _one_line(capsys, ["estimate", "--method", "full", "--param", "chunk_size=[1"], "--param", "not valid YAML")
 
 
 def test_slurm_without_slurm_is_one_line(tmp_path, capsys, monkeypatch):
