@@ -165,6 +165,9 @@ def find_suite_dirs(path: str | Path) -> list[Path]:
 def _read_cells(cells_dir: Path, notes: list[str]) -> pd.DataFrame:
     records = []
     for f in sorted(cells_dir.glob("*.json")):
+        if not f.is_file():  # a FIFO or a folder would block or fail the read
+            notes.append(f"{f}: not a regular file, skipped")
+            continue
         try:
             obj = json.loads(f.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
