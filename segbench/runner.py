@@ -1,11 +1,15 @@
 """The parent of a sweep: orders cells, hands them to a launcher, records every outcome, resumes.
 
 The parent never initialises CUDA (it asks NVML whether a GPU exists). A launcher
-(segbench/launchers/) decides where each cell's process runs; wherever that is, `run_cell` starts
-it from a forkserver that has already imported torch and transformers, so a short cell is not
-dominated by ~6 s of imports, and every cell still gets a clean allocator and peak-memory record.
-Everything the sweep decides (order, resume, skip-after-OOM, retries, progress, rows) is here,
-once, for every launcher.
+(segbench/launchers/) decides where each cell's process runs; wherever that is, `run_cell`
+(segbench/cellproc.py) starts it from a forkserver that has already imported torch and
+transformers, so a short cell is not dominated by ~6 s of imports, and every cell still gets a
+clean allocator and peak-memory record. Everything the sweep decides (order, resume,
+skip-after-OOM, retries, progress, rows) is here, once, for every launcher. The runner depends on
+the launchers and on cellproc; neither imports the runner.
+
+Results go to `<out>/<slug of the suite name>` and nowhere else; one run at a time holds that
+directory (store.SuiteLock).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from segbench import __version__, store
-from segbench.cellproc import base_row, run_cell, warm_forkserver  # noqa: F401 - run_cell re-exported
+from segbench.cellproc import base_row, run_cell  # noqa: F401 - run_cell re-exported for callers and tests
 from segbench.errors import UserError, warn
 from segbench.launchers import Launcher, make_launcher
 from segbench.measure import nvml_gpu_count
