@@ -283,12 +283,27 @@ def test_symlinked_folders_are_refused(tmp_path, capsys):
     assert not list(elsewhere.iterdir())
 
 
-def test_a_results_dir_that_is_a_file_is_one_line(tmp_path, capsys):
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "t").write_text("a file where the suite dir goes")
+@pytest.mark.parametrize("where", ["t", "t/cells", "t/predictions", "t/traces", "t/slurm"])
+def test_a_results_dir_that_is_a_file_is_one_line(tmp_path, capsys, where):
+    target = tmp_path / "out" / where
+    target.parent.mkdir(parents=True)
+    target.write_text("a file where a folder goes")
     assert main(["run", str(write_suite(tmp_path)), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cannot write results" in err
+    assert target.read_text() == "a file where a folder goes"
+
+
+@pytest.mark.parametrize("where", ["t", "t/predictions", "t/traces", "t/slurm"])
+def test_symlinked_suite_folders_are_refused(tmp_path, capsys, where):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = tmp_path / "out" / where
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(elsewhere)
+    assert main(["run", str(write_suite(tmp_path)), "--out", str(tmp_path / "out")]) == 2
+    assert "symbolic link" in capsys.readouterr().err
+    assert not list(elsewhere.iterdir())
 
 
 # ----------------------------------------------------------------------------- the lock
