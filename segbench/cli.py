@@ -117,7 +117,7 @@ def cmd_run(args) -> int:
     print(f"{suite.name}: ran {summary.ran} cells, reused {summary.reused}, in {summary.wall_s:.1f} s ({counts}) "
           f"with the {summary.launcher} launcher; results in {summary.suite_dir}")
     if not args.no_report:
-        report.print_table(report.load(summary.suite_dir), title=suite.name)
+        report.print_table(report.load(summary.suite_dir, warn_skipped=False), title=suite.name)
     return 0
 
 

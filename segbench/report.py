@@ -27,7 +27,7 @@ TABLE_COLUMNS = [
 ]
 
 
-def load(path: Path) -> pd.DataFrame:
+def load(path: Path, *, warn_skipped: bool = True) -> pd.DataFrame:
     """Consolidate every suite under `path` into its results.parquet and return all rows.
 
     A file segbench did not write (a foreign cell file, a corrupt parquet) is named in one warning
@@ -68,7 +68,7 @@ def load(path: Path) -> pd.DataFrame:
         frames.append(df.reindex(columns=list(COLUMN_NAMES)))  # a parquet of an older schema gains empty columns
     if not frames:
         raise UserError(f"no readable results under {str(path)!r}: " + "; ".join(f"{p} ({why})" for p, why in skipped[:3]))
-    if skipped:
+    if skipped and warn_skipped:  # `segbench run` has named them already, right before its table
         warn(store.skipped_note(skipped, "`segbench run` runs their cells again"))
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
