@@ -4,7 +4,9 @@ unless SEGBENCH_DEBUG=1."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -91,9 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `segbench report | head`: the reader left, which is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:
-        print("segbench: interrupted; finished cells are saved, run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"segbench: interrupted ({signal.Signals(signum).name}); finished cells are saved, run the same "
+              "command again to resume", file=sys.stderr)
+        return 128 + signum
     except Exception as e:
         if os.environ.get("SEGBENCH_DEBUG"):
             raise
@@ -110,14 +114,41 @@ def cmd_run(args) -> int:
     contexts = parse_contexts(args.contexts) if args.contexts else None
     suite = load_suite(args.suite, device=args.device, model=args.model, contexts=contexts,
                        launcher=_launcher_flags(args))
-    summary = run_suite(suite, Path(args.out), fresh=args.fresh, retry_failed=args.retry_failed,
-                        progress=not args.no_progress)
+    with _stop_on_signals():
+        summary = run_suite(suite, Path(args.out), fresh=args.fresh, retry_failed=args.retry_failed,
+                            progress=not args.no_progress)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items()))
     print(f"{suite.name}: ran {summary.ran} cells, reused {summary.reused}, in {summary.wall_s:.1f} s ({counts}) "
           f"with the {summary.launcher} launcher; results in {summary.suite_dir}")
     if not args.no_report:
-        report.print_table(report.load(summary.suite_dir), title=suite.name)
+        report.print_table(report.load(summary.suite_dir, warn_skipped=False), title=suite.name)
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled like Ctrl-C: cells in flight are killed, finished ones stay saved."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """While a sweep runs, SIGTERM (and SIGHUP, unless ignored as under nohup) stop it like Ctrl-C."""
+
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _launcher_flags(args) -> dict:
@@ -132,8 +163,10 @@ def _launcher_flags(args) -> dict:
 
 
 def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    from segbench.suite import MAX_PARALLEL
+
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_PARALLEL:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer up to {MAX_PARALLEL}")
     return int(text)
 
 
@@ -162,6 +195,8 @@ def cmd_report(args) -> int:
             write_html(df, Path(args.html), source=Path(args.dir))
         except ImportError as e:  # plotly missing: figures raise a subclass naming the extra
             raise UserError(f"HTML export is not available: {e}") from None
+        except OSError as e:
+            raise UserError(f"--html {args.html}: cannot write it ({e.strerror or e}); give a writable path") from None
         print(f"wrote {args.html}", file=sys.stderr)
     return 0
 
@@ -241,7 +276,10 @@ def _parse_param(text: str):
     if "=" not in text:
         raise UserError(f"--param {text!r}: write it as key=value")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except (yaml.YAMLError, RecursionError):
+        raise UserError(f"--param {text!r}: the value is not valid YAML; quote it, e.g. {key.strip()}='...'") from None
 
 
 def cmd_dashboard(args) -> int:

@@ -30,6 +30,9 @@ def find_suite_dirs(path: str | Path) -> list[Path]:
 def _read_cells(cells_dir: Path, notes: list[str]) -> pd.DataFrame:
     records = []
     for f in sorted(cells_dir.glob("*.json")):
+        if not f.is_file():  # a FIFO or a folder would block or fail the read
+            notes.append(f"{f}: not a regular file, skipped")
+            continue
         try:
             obj = json.loads(f.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -51,7 +54,10 @@ def _read_suite(suite_dir: Path, notes: list[str]) -> pd.DataFrame:
             newer = sum(1 for f in cells.glob("*.json") if f.stat().st_mtime > parquet.stat().st_mtime)
             if newer:
                 notes.append(f"{parquet}: {newer} cell file(s) are newer; run `segbench report {suite_dir}`")
-        return pd.read_parquet(parquet)
+        try:
+            return pd.read_parquet(parquet)
+        except Exception as e:  # noqa: BLE001 - a corrupt file must not hide the suites beside it
+            notes.append(f"{parquet}: unreadable ({type(e).__name__}), skipped")
     return _read_cells(suite_dir / CELLS_DIR, notes)
 
 

@@ -8,6 +8,7 @@ not for accuracy, which is why rows carry `model_trained`.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -96,23 +97,78 @@ def resolve_model(model: str) -> str:
 
 
 def config_values(model: str, overrides: dict | None = None) -> dict:
-    """Config values of a preset or a local checkpoint's config.json, with suite overrides applied."""
+    """Config values of a preset or a local checkpoint's config.json, with suite overrides applied.
+
+    The values every memory model reads are checked here, so a broken config.json or a mistyped
+    override is one line naming its key, not a TypeError inside a cell.
+    """
     model = resolve_model(model)
     if is_local_path(model):
         cfg_path = Path(model) / "config.json"
         if not cfg_path.is_file():
             raise UserError(f"model path {model!r} has no config.json; give a preset name or a local HF checkpoint folder")
-        values = json.loads(cfg_path.read_text())
+        try:
+            values = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+            why = e.strerror if isinstance(e, OSError) else type(e).__name__
+            raise UserError(f"{cfg_path} is not a readable JSON config ({why}); point the model at a Hugging Face "
+                            f"checkpoint folder") from None
+        if not isinstance(values, dict):
+            raise UserError(f"{cfg_path} is not a JSON object; point the model at a Hugging Face checkpoint folder")
+        source = str(cfg_path)
     else:
         values = {k: v for k, v in preset_values(model).items() if k != "source"}
+        source = f"preset {model!r}"
+    if overrides is not None and not isinstance(overrides, dict):
+        raise UserError("model.overrides: expected a mapping of config keys")
     values = dict(values)
     values.update(overrides or {})
+    for key, value in values.items():
+        where = f"model.overrides.{key}" if key in (overrides or {}) else f"{source}: {key}"
+        _check_value(key, value, where)
     return values
+
+
+# Config keys every memory model reads: positive integers, when present.
+_INT_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "head_dim", "max_position_embeddings")
+_REQUIRED = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+_MAX_DIM = 2**31 - 1
+
+
+def _check_value(key: str, value, where: str) -> None:
+    if key in _INT_KEYS and value is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _MAX_DIM:
+            raise UserError(f"{where}: expected a positive integer up to {_MAX_DIM}, got {value!r}")
+    elif key == "model_type" and not isinstance(value, str):
+        raise UserError(f"{where}: expected a model type name (e.g. 'llama'), got {value!r}")
+    elif not _finite(value):
+        raise UserError(f"{where}: {value!r} holds a NaN or infinite number; give a finite value")
+
+
+def _finite(value) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    return True
 
 
 def shape_of(model: str, overrides: dict | None = None) -> ModelShape:
     v = config_values(model, overrides)
+    where = f"{resolve_model(model)}/config.json" if is_local_path(resolve_model(model)) else f"preset {model!r}"
+    missing = [k for k in _REQUIRED if v.get(k) is None]
+    if missing:
+        raise UserError(f"{where} lacks {', '.join(missing)}; add it there or in model.overrides")
     heads = v["num_attention_heads"]
+    kv_heads = v.get("num_key_value_heads") or heads
+    if heads % kv_heads:
+        raise UserError(f"{where}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
+    if not v.get("head_dim") and v["hidden_size"] % heads:
+        raise UserError(f"{where}: hidden_size {v['hidden_size']} is not a multiple of num_attention_heads "
+                        f"{heads}; set head_dim")
     return ModelShape(
         name=model,
         model_type=v["model_type"],
@@ -121,9 +177,9 @@ def shape_of(model: str, overrides: dict | None = None) -> ModelShape:
         intermediate_size=v["intermediate_size"],
         num_layers=v["num_hidden_layers"],
         num_heads=heads,
-        num_kv_heads=v.get("num_key_value_heads") or heads,
+        num_kv_heads=kv_heads,
         head_dim=v.get("head_dim") or v["hidden_size"] // heads,
-        max_position_embeddings=v.get("max_position_embeddings", 0),
+        max_position_embeddings=v.get("max_position_embeddings") or 0,
         tie_word_embeddings=bool(v.get("tie_word_embeddings", False)),
         # Qwen2 always has q/k/v biases; Llama/Mistral only when the config says so.
         attention_bias=v["model_type"] == "qwen2" or bool(v.get("attention_bias", False)),

@@ -27,13 +27,49 @@ TABLE_COLUMNS = [
 ]
 
 
-def load(path: Path) -> pd.DataFrame:
-    """Consolidate every suite under `path` into its results.parquet and return all rows."""
+def load(path: Path, *, warn_skipped: bool = True) -> pd.DataFrame:
+    """Consolidate every suite under `path` into its results.parquet and return all rows.
+
+    A file segbench did not write (a foreign cell file, a corrupt parquet) is named in one warning
+    line and left out; the other suites are still shown.
+    """
+    from segbench.errors import warn
+    from segbench.schema import COLUMN_NAMES
+
+    path = Path(path)
     dirs = store.suite_dirs(path)
     if not dirs:
         raise UserError(f"no results under {str(path)!r}; run `segbench run SUITE --out {path}` first")
-    # A directory with cell files is consolidated afresh; a copied results.parquet alone is read as is.
-    frames = [pd.read_parquet(store.consolidate(d) if (d / "cells").is_dir() else d / "results.parquet") for d in dirs]
+    frames, skipped = [], []
+    for d in dirs:
+        # A directory with cell files is consolidated afresh; a copied results.parquet alone is read as is,
+        # and so is one beside a cells/ folder with nothing of segbench's in it (it is never emptied).
+        parquet = d / "results.parquet"
+        cells = store.CellStore(d)
+        if (d / "cells").is_symlink():
+            skipped.append((d / "cells", "a symbolic link"))
+        elif (d / "cells").is_dir() and (cells.rows() or not parquet.is_file()):
+            try:
+                parquet = store.consolidate(d, cells)
+            except OSError as e:
+                raise UserError(f"cannot write {d / 'results.parquet'} ({e.strerror or e}); report consolidates "
+                                f"the cells into it: make {d} writable, or copy it and report the copy") from None
+        skipped += cells.skipped
+        if not parquet.is_file():
+            continue
+        try:
+            df = pd.read_parquet(parquet)
+        except Exception as e:  # noqa: BLE001 - whatever is wrong with the file, the other suites still show
+            skipped.append((parquet, f"unreadable parquet: {type(e).__name__}"))
+            continue
+        if not store.is_own_parquet_columns(df.columns):
+            skipped.append((parquet, "columns outside segbench.schema"))
+            continue
+        frames.append(df.reindex(columns=list(COLUMN_NAMES)))  # a parquet of an older schema gains empty columns
+    if not frames:
+        raise UserError(f"no readable results under {str(path)!r}: " + "; ".join(f"{p} ({why})" for p, why in skipped[:3]))
+    if skipped and warn_skipped:  # `segbench run` has named them already, right before its table
+        warn(store.skipped_note(skipped, "`segbench run` runs their cells again"))
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 

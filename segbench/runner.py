@@ -1,47 +1,33 @@
 """The parent of a sweep: orders cells, hands them to a launcher, records every outcome, resumes.
 
 The parent never initialises CUDA (it asks NVML whether a GPU exists). A launcher
-(segbench/launchers/) decides where each cell's process runs; wherever that is, `run_cell` starts
-it from a forkserver that has already imported torch and transformers, so a short cell is not
-dominated by ~6 s of imports, and every cell still gets a clean allocator and peak-memory record.
-Everything the sweep decides (order, resume, skip-after-OOM, retries, progress, rows) is here,
-once, for every launcher.
+(segbench/launchers/) decides where each cell's process runs; wherever that is, `run_cell`
+(segbench/cellproc.py) starts it from a forkserver that has already imported torch and
+transformers, so a short cell is not dominated by ~6 s of imports, and every cell still gets a
+clean allocator and peak-memory record. Everything the sweep decides (order, resume,
+skip-after-OOM, retries, progress, rows) is here, once, for every launcher. The runner depends on
+the launchers and on cellproc; neither imports the runner.
+
+Results go to `<out>/<slug of the suite name>` and nowhere else; one run at a time holds that
+directory (store.SuiteLock).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import multiprocessing as mp
-import os
-import signal
-import socket
 import subprocess
 import tempfile
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from segbench import __version__, store
-from segbench.errors import UserError
+from segbench.cellproc import base_row, run_cell  # noqa: F401 - run_cell re-exported for callers and tests
+from segbench.errors import UserError, warn
 from segbench.launchers import Launcher, make_launcher
 from segbench.measure import nvml_gpu_count
-from segbench.models import is_trained
 from segbench.suite import Cell, LauncherSpec, Suite
 from segbench.typed import to_dict
-
-_CONTEXT: mp.context.BaseContext | None = None
-
-
-def forkserver() -> mp.context.BaseContext:
-    global _CONTEXT
-    if _CONTEXT is None:
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["segbench.preload"])
-        _CONTEXT = ctx
-    return _CONTEXT
 
 
 @dataclass
@@ -69,11 +55,29 @@ def check_device(suite: Suite) -> None:
 
 def check_writable(directory: Path) -> None:
     try:
+        store.check_inside(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".probe"):
             pass
     except OSError as e:
-        raise UserError(f"cannot write results to {str(directory)!r} ({e.strerror}); pass --out DIR") from None
+        why = e.strerror or str(e)
+        raise UserError(f"cannot write results to {str(directory)!r} ({why}); pass --out DIR") from None
+
+
+def check_suite_json(suite_dir: Path, name: str) -> None:
+    """Refuse a directory that holds another suite's results (two names can share a slug)."""
+    path = suite_dir / "suite.json"
+    if not path.exists() and not path.is_symlink():
+        return
+    try:
+        info = store.read_own_json(path)
+    except ValueError as e:
+        raise UserError(f"{path} was not written by segbench ({e}); move it away or pass another --out") from None
+    if not isinstance(info, dict) or not isinstance(info.get("name"), str):
+        raise UserError(f"{path} was not written by segbench; move it away or pass another --out")
+    if info["name"] != name:
+        raise UserError(f"{suite_dir} holds the results of suite {info['name']!r}, not {name!r}; "
+                        f"rename this suite or pass another --out")
 
 
 def git_info() -> tuple[str, bool | None]:
@@ -91,133 +95,64 @@ def git_info() -> tuple[str, bool | None]:
         return "", None
 
 
-def base_row(cell: Cell) -> dict:
-    return {
-        "suite": cell.suite,
-        "method": cell.method,
-        "label": cell.label,
-        "params": json.dumps(cell.params, sort_keys=True),
-        "model": cell.model,
-        "model_trained": is_trained(cell.model),
-        "dtype": cell.dtype,
-        "device": cell.device,
-        "context_len": cell.context_len,
-        "decode_tokens": cell.workload.decode_tokens,
-        "task": cell.task,
-        "repeat_group": cell.repeat_group,
-        "config_hash": cell.config_hash,
-    }
-
-
-def run_cell(cell: Cell, suite: Suite, workdir: Path, *, visible_devices: str | None = None,
-             stop: threading.Event | None = None) -> dict:
-    """Run one cell in a fresh process and turn however it ended into a row.
-
-    `visible_devices` becomes the cell's CUDA_VISIBLE_DEVICES (None: inherited). `stop` lets a
-    launcher running cells from threads end one early: a KeyboardInterrupt only reaches the
-    main thread, and a cell must not outlive the sweep that started it.
-    """
-    result_path = workdir / f"{cell.config_hash}.json"
-    result_path.unlink(missing_ok=True)
-    timeout = suite.spec.limits.timeout_s
-    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    t0 = time.monotonic()
-    proc = forkserver().Process(
-        target=_cell_entry,
-        args=(visible_devices, cell, suite.spec.limits, suite.spec.plugins,
-              str(suite.base_dir) if suite.base_dir else None, str(result_path)),
-        name=f"segbench-cell-{cell.config_hash}",
-    )
-    proc.start()
-    try:
-        ended = _join(proc, timeout, stop)
-        if ended != "exited":
-            _kill_group(proc)
-    except BaseException:
-        _kill_group(proc)
-        raise
-    row = base_row(cell)
-    if ended == "stopped":
-        row.update(status="lost", status_detail="the sweep was interrupted while this cell ran")
-    elif ended == "timeout":
-        row.update(status="timeout", status_detail=f"exceeded the cell limit timeout_s={timeout:g}")
-    elif result_path.is_file():
-        row.update(json.loads(result_path.read_text()))
-        result_path.unlink()
-    elif proc.exitcode is not None and proc.exitcode < 0:
-        sig = signal.Signals(-proc.exitcode).name
-        hint = " (the kernel's OOM killer sends SIGKILL when the host runs out of memory)" if sig == "SIGKILL" else ""
-        row.update(status="killed", status_detail=f"worker killed by {sig}{hint}")
-    else:
-        row.update(status="error", status_detail=f"worker exited with code {proc.exitcode} before writing a result")
-    row.setdefault("hostname", socket.gethostname())  # a cell that wrote no row still says where it ran
-    row["started_at"] = started
-    row["duration_s"] = time.monotonic() - t0
-    return row
-
-
-def _cell_entry(visible_devices: str | None, *args) -> None:
-    """The cell process's target: its GPUs are set before anything can initialise CUDA."""
-    if visible_devices is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = visible_devices
-    from segbench import worker  # imported here so `segbench report` never pays for torch
-
-    worker.cell_main(*args)
-
-
-def _join(proc, timeout: float, stop: threading.Event | None) -> str:
-    """How the wait ended: 'exited', 'timeout' or 'stopped'."""
-    if stop is None:
-        proc.join(timeout)  # one blocking join: a KeyboardInterrupt lands here and kills the cell
-    else:
-        deadline = time.monotonic() + timeout
-        while proc.is_alive() and not stop.is_set() and (left := deadline - time.monotonic()) > 0:
-            proc.join(min(left, 0.2))
-        if stop.is_set() and proc.is_alive():
-            return "stopped"
-    return "timeout" if proc.is_alive() else "exited"
-
-
-def _kill_group(proc) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        proc.kill()
-    proc.join()
-
-
 def run_suite(suite: Suite, out_root: Path, *, fresh: bool = False, retry_failed: bool = False,
               progress: bool = True, launcher: str | Launcher | None = None,
               launch: LauncherSpec | None = None) -> RunSummary:
-    """Run every cell of `suite` not already finished under `out_root/<suite name>`.
+    """Run every cell of `suite` not already finished under `out_root/<slug of the suite name>`.
 
     `launch` replaces the suite's own `launcher:` section; `launcher` (a name, or a Launcher
-    instance) replaces its kind. Whatever runs the cells, rows are written here, by this process.
+    instance) replaces its kind. Whatever runs the cells, rows are written here, by this process,
+    and nothing is written or removed outside that directory.
     """
     spec = launch or suite.spec.launcher
     name = launcher.name if isinstance(launcher, Launcher) else (launcher or spec.kind)
     if name == "local":  # a Ray head or Slurm login node needs no GPU of its own; the engine checks its nodes
         check_device(suite)
-    suite_dir = Path(out_root) / suite.name
+    suite_dir = Path(out_root) / store.suite_slug(suite.name)
     check_writable(suite_dir)
+    check_suite_json(suite_dir, suite.name)
+    lock = store.SuiteLock(suite_dir)
+    try:
+        lock.acquire()
+    except BlockingIOError as e:
+        raise UserError(f"{suite_dir} is in use by another `segbench run` ({e}); wait for it to finish "
+                        f"or pass another --out") from None
+    except OSError as e:
+        raise UserError(f"cannot lock {str(suite_dir)!r} ({e.strerror or e}); pass --out DIR") from None
+    try:
+        return _run_locked(suite, suite_dir, spec, name, launcher, fresh=fresh, retry_failed=retry_failed,
+                           progress=progress)
+    finally:
+        lock.release()
+
+
+def _run_locked(suite: Suite, suite_dir: Path, spec: LauncherSpec, name: str, launcher: str | Launcher | None, *,
+                fresh: bool, retry_failed: bool, progress: bool) -> RunSummary:
     engine = launcher if isinstance(launcher, Launcher) else make_launcher(name, suite, spec, suite_dir)
     cells_store = store.CellStore(suite_dir)
     cells_store.remove_stale_temps()
     if fresh:
-        cells_store.clear()
+        left = cells_store.clear()
+        if left:
+            warn(f"--fresh left {len(left)} file(s) in {suite_dir} that segbench did not write, e.g. {left[0]}")
     store.write_json_atomic(suite_dir / "suite.json", {"name": suite.name, "path": str(suite.path or ""),
                                                        "spec": to_dict(suite.spec), "params": list(suite.params)})
     done = cells_store.finished()
+    if cells_store.skipped and not fresh:
+        warn(store.skipped_note(cells_store.skipped, "their cells run again"))
     if retry_failed:
         done = {h: r for h, r in done.items() if r.get("status") in ("ok", "skipped", "unsupported")}
     cells = suite.cells()
+    mine = {c.config_hash for c in cells}
+    done = {h: r for h, r in done.items() if h in mine}  # another configuration's rows stay, unused
     summary = RunSummary(suite_dir=suite_dir, launcher=engine.name)
     t_start = time.monotonic()
     with _Progress(len(cells), enabled=progress) as bar, engine:
         sweep = _Sweep(suite, spec, cells_store, done, summary, bar)
         _drive(sweep, engine, launch_order(cells, parallel=engine.slots() > 1))
     for row in cells_store.rows():
-        summary.statuses[row["status"]] = summary.statuses.get(row["status"], 0) + 1
+        if row["config_hash"] in mine:  # a foreign file is never counted as one of this sweep's results
+            summary.statuses[row["status"]] = summary.statuses.get(row["status"], 0) + 1
     summary.wall_s = time.monotonic() - t_start
     return summary
 

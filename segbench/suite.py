@@ -21,6 +21,14 @@ from segbench.models import config_values, is_local_path, preset_values, shape_o
 from segbench.typed import from_dict, to_dict
 
 SCHEMA_VERSION = 1
+MAX_TIMEOUT_S = 30 * 24 * 3600
+MAX_MEM_GB = 1e6
+MAX_SEED = 2**32 - 1  # torch, numpy and random all take it; the cell adds the context length to it
+MAX_CONTEXT = 2**31 - 1
+MAX_SLURM_MINUTES = 366 * 24 * 60
+MAX_VALUES = 1_000_000  # values in a suite file once aliases are expanded
+MAX_PARALLEL = 100_000  # cells in flight, GPUs or CPUs per cell: beyond any cluster
+MAX_CELLS = 100_000  # a suite beyond this is a typo (process_repeats: 1e9), not a sweep anyone can run
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,8 @@ class Workload:
         for name in ("repeats", "process_repeats"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be between 0 and {MAX_SEED}")
 
 
 @dataclass(frozen=True)
@@ -59,10 +69,11 @@ class Limits:
     host_mem_cap_gb: float | None = None  # CPU runs: address space a cell may add after it starts
 
     def __post_init__(self) -> None:
-        if self.timeout_s <= 0:
-            raise ValueError("timeout_s must be > 0")
-        if self.host_mem_cap_gb is not None and self.host_mem_cap_gb <= 0:
-            raise ValueError("host_mem_cap_gb must be > 0")
+        # Bounded above too: a wait past ~a month overflows the OS timers, a cap past 1 PB overflows RLIMIT_AS.
+        if not 0 < self.timeout_s <= MAX_TIMEOUT_S:
+            raise ValueError(f"timeout_s must be > 0 and at most {MAX_TIMEOUT_S} (30 days)")
+        if self.host_mem_cap_gb is not None and not 0 < self.host_mem_cap_gb <= MAX_MEM_GB:
+            raise ValueError(f"host_mem_cap_gb must be > 0 and at most {MAX_MEM_GB:g}")
 
 
 def slurm_minutes(time: int | str) -> int:
@@ -71,9 +82,10 @@ def slurm_minutes(time: int | str) -> int:
         minutes = time
     else:
         text = time.strip()
-        days, _, rest = text.rpartition("-")
+        days, dash, rest = text.rpartition("-")
         parts = rest.split(":")
-        if not (days == "" or days.isdigit()) or not all(p.isdigit() for p in parts) or len(parts) > 3:
+        digits = [days] * bool(dash) + parts  # "-1" has a dash and no days: not a time
+        if not all(p.isascii() and p.isdigit() and len(p) <= 9 for p in digits) or len(parts) > 3:
             raise ValueError(f"time {time!r} is not a Slurm time (minutes, H:MM:SS or D-HH:MM:SS)")
         nums = [int(p) for p in parts]
         if days:  # with days, the fields after the dash are hours[:minutes[:seconds]]
@@ -83,8 +95,8 @@ def slurm_minutes(time: int | str) -> int:
             h, m, sec = {1: (0, nums[0], 0), 2: (0, *nums), 3: tuple(nums)}[len(nums)]
             seconds = (h * 60 + m) * 60 + sec
         minutes = -(-seconds // 60)
-    if minutes < 1:
-        raise ValueError(f"time {time!r} must be at least one minute")
+    if not 1 <= minutes <= MAX_SLURM_MINUTES:
+        raise ValueError(f"time {time!r} must be at least one minute and at most a year")
     return minutes
 
 
@@ -115,14 +127,14 @@ class LauncherSpec:
 
     def __post_init__(self) -> None:
         for name in ("gpus_per_cell", "cpus_per_cell"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.max_parallel is not None and self.max_parallel < 1:
-            raise ValueError("max_parallel must be >= 1")
-        if self.host_mem_gb is not None and self.host_mem_gb <= 0:
-            raise ValueError("host_mem_gb must be > 0")
-        if self.retries < 0:
-            raise ValueError("retries must be >= 0")
+            if not 1 <= getattr(self, name) <= MAX_PARALLEL:
+                raise ValueError(f"{name} must be >= 1 and at most {MAX_PARALLEL}")
+        if self.max_parallel is not None and not 1 <= self.max_parallel <= MAX_PARALLEL:
+            raise ValueError(f"max_parallel must be >= 1 and at most {MAX_PARALLEL}")
+        if self.host_mem_gb is not None and not 0 < self.host_mem_gb <= MAX_MEM_GB:
+            raise ValueError(f"host_mem_gb must be > 0 and at most {MAX_MEM_GB:g}")
+        if not 0 <= self.retries <= 100:
+            raise ValueError("retries must be between 0 and 100")
 
 
 @dataclass(frozen=True)
@@ -264,17 +276,50 @@ def load_suite(path: str | Path, *, device: str | None = None, model: str | None
                contexts: list[int] | None = None, launcher: dict | None = None) -> Suite:
     """Read, validate and resolve a suite file; CLI overrides turn a GPU suite into a CPU miniature."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.y*ml"))[:3]
+        hint = f", e.g. {path / found[0]}" if found else ""
+        raise UserError(f"{str(path)!r} is a directory; give a suite YAML file{hint}")
     if not path.is_file():
         raise UserError(f"suite file {str(path)!r} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                        f"save the suite file as UTF-8") from None
+    except OSError as e:
+        raise UserError(f"cannot read suite file {str(path)!r} ({e.strerror}); check its permissions") from None
+    try:
+        raw = yaml.safe_load(text)
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to be a suite file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise UserError(f"{path}: invalid YAML{where}: {problem}") from None
+    if _expanded_size(raw, MAX_VALUES) > MAX_VALUES:
+        raise UserError(f"{path}: expands to more than {MAX_VALUES} values (aliases of aliases?); write a smaller suite")
     return parse_suite(raw, where=str(path), path=path, device=device, model=model, contexts=contexts,
                        launcher=launcher)
+
+
+def _expanded_size(value, limit: int) -> int:
+    """How many values `value` holds once YAML aliases are expanded, counting no further than `limit`.
+
+    Aliases share objects, so a few lines can stand for billions of values ("billion laughs"):
+    every later walk (type checks, the config hash) would then run for ever.
+    """
+    count, todo = 0, [value]
+    while todo and count <= limit:
+        item = todo.pop()
+        count += 1
+        if isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            todo.extend(item)
+    return count
 
 
 def parse_suite(raw, *, where: str, path: Path | None = None, device: str | None = None,
@@ -299,7 +344,14 @@ def parse_suite(raw, *, where: str, path: Path | None = None, device: str | None
     spec: SuiteFile = from_dict(SuiteFile, raw, where)
     _check_spec(spec, where)
     spec = _resolve_tasks(spec, where, path.parent if path else None)
-    load_plugins(spec.plugins, path.parent if path else None)
+    try:
+        load_plugins(spec.plugins, path.parent if path else None)
+    except UserError as e:
+        raise UserError(f"{where}: plugins: {e}") from None
+    except Exception as e:  # noqa: BLE001 - the user's own module failed to import: say which, in one line
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"{where}: plugins: importing {', '.join(spec.plugins)} failed ({type(e).__name__}: "
+                        f"{first}); fix the plugin") from None
     params = []
     seen: dict[str, int] = {}
     labels: dict[str, int] = {}
@@ -384,6 +436,13 @@ def _check_spec(spec: SuiteFile, where: str) -> None:
     for c in spec.contexts:
         if c < 1:
             raise UserError(f"{where}: contexts: {c} is not a positive token count")
+        if c > MAX_CONTEXT:
+            raise UserError(f"{where}: contexts: {c} is beyond any model ({MAX_CONTEXT} tokens at most)")
+    per_entry = len(spec.contexts) * (spec.workload.process_repeats if spec.latency else 0)
+    per_entry += len(spec.contexts) * sum(len(ts.names) or len(task_names(ts.benchmark)) for ts in spec.tasks)
+    if len(spec.methods) * per_entry > MAX_CELLS:
+        raise UserError(f"{where}: the suite would expand to more than {MAX_CELLS} cells; fewer contexts, "
+                        f"methods or process_repeats")
     if len(set(spec.contexts)) != len(spec.contexts):
         raise UserError(f"{where}: contexts has duplicates: {list(spec.contexts)}")
     try:
@@ -413,9 +472,12 @@ def parse_contexts(text: str) -> list[int]:
             continue
         mult = 1024 if part.endswith("k") else 1
         digits = part[:-1] if part.endswith("k") else part
-        if not digits.isdigit():
+        if not digits.isascii() or not digits.isdigit() or len(digits) > 10:
             raise UserError(f"--contexts: {part!r} is not a token count (e.g. 1024,4k,8192)")
-        out.append(int(digits) * mult)
+        value = int(digits) * mult
+        if not 0 < value <= MAX_CONTEXT:
+            raise UserError(f"--contexts: {part!r} is not a positive token count up to {MAX_CONTEXT}")
+        out.append(value)
     if not out:
         raise UserError("--contexts: give at least one length, e.g. --contexts 1024,4096")
     return out

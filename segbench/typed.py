@@ -7,6 +7,7 @@ value becomes one `UserError` line that names the file, the key path and the nea
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
@@ -14,6 +15,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from segbench.errors import UserError, did_you_mean
 
 _MISSING = dataclasses.MISSING
+MAX_INT = 2**63 - 1
 
 
 def field_names(cls) -> list[str]:
@@ -57,42 +59,53 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
                 return coerce(value, option, where)
             except UserError as e:
                 errors.append(str(e))
-        raise UserError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {_type_name(tp)}")
+        raise UserError(errors[0] if len(errors) == 1 else f"{where}: {_short(value)} matches none of {_type_name(tp)}")
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices:
-            raise UserError(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}{did_you_mean(value, choices)}")
+            raise UserError(f"{where}: {_short(value)} is not one of {', '.join(map(repr, choices))}{did_you_mean(value, choices)}")
         return value
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"{where}: expected a list, got {value!r}")
+            raise UserError(f"{where}: expected a list, got {_short(value)}")
         args = get_args(tp)
         item_tp = args[0] if args else Any
         items = tuple(coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
         return items if origin is tuple else list(items)
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise UserError(f"{where}: expected a mapping, got {value!r}")
+            raise UserError(f"{where}: expected a mapping, got {_short(value)}")
         return dict(value)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if tp is bool:
         if not isinstance(value, bool):
-            raise UserError(f"{where}: expected true or false, got {value!r}")
+            raise UserError(f"{where}: expected true or false, got {_short(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{where}: expected an integer, got {value!r}")
+            raise UserError(f"{where}: expected an integer, got {_short(value)}")
+        if abs(value) > MAX_INT:  # beyond int64 nothing downstream (torch, numpy, parquet) can hold it
+            raise UserError(f"{where}: {_short(value)} is too large (at most {MAX_INT})")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"{where}: expected a number, got {value!r}")
+            raise UserError(f"{where}: expected a number, got {_short(value)}")
+        if isinstance(value, int) and abs(value) > MAX_INT:
+            raise UserError(f"{where}: {_short(value)} is too large (at most {MAX_INT})")
+        if not math.isfinite(value):  # YAML's .nan/.inf: a NaN limit never trips, an infinite one overflows
+            raise UserError(f"{where}: {value!r} is not a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise UserError(f"{where}: expected a string, got {value!r}")
+            raise UserError(f"{where}: expected a string, got {_short(value)}")
         return value
     return value
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _type_name(tp) -> str:

@@ -69,7 +69,7 @@ def last_line(exc: BaseException) -> str:
 
 def cell_main(cell: Cell, limits: Limits, plugins: tuple[str, ...], base_dir: str | None, result_path: str) -> None:
     """Entry point of the cell process. Always writes a row unless the process is killed."""
-    os.setsid()  # own process group: the runner kills the cell and all it spawned with one killpg
+    # Already in a process group of its own, watching the runner's liveness pipe (segbench/cellproc.py).
     _die_with_parent()
     measure.pin_malloc_thresholds()
     if cell.device == "cpu" and limits.host_mem_cap_gb:

@@ -76,6 +76,7 @@ def test_local_launcher_runs_one_cell_per_gpu_group(tmp_path, monkeypatch):
         return row
 
     monkeypatch.setattr("segbench.launchers.local.run_cell", fake_run_cell)
+    monkeypatch.setattr("segbench.launchers.local.warm_forkserver", lambda: None)  # no cell process here
     monkeypatch.setattr(runner, "check_device", lambda suite: None)  # no CUDA here, and none is touched
     launcher = LocalLauncher(suite, LauncherSpec(gpus_per_cell=2), gpu_count=4)
     assert launcher.slots() == 2

@@ -8,7 +8,7 @@ per submitted cell, the row `run_cell` produced for it, or a row saying why none
 - ray: one Ray task per cell, sized by the cell's GPU and host-memory needs.
 - slurm: one submitit array task per cell.
 
-Every launcher runs the same `segbench.runner.run_cell`, so a cell always gets its own fresh
+Every launcher runs the same `segbench.cellproc.run_cell`, so a cell always gets its own fresh
 process and its timeouts and fault classification are the same wherever it runs.
 """
 
@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import abc
 import importlib
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
+from segbench.cellproc import failed_row, run_cell_here  # noqa: F401 - the launchers' shared cell entry
 from segbench.errors import UserError
 from segbench.suite import Cell, LauncherSpec, Suite
 
@@ -96,19 +95,6 @@ def require(module: str, extra: str) -> ModuleType:
         raise UserError(f"--launcher {extra} needs the {module} package: pip install 'segbench[{extra}]'") from None
 
 
-def run_cell_here(cell: Cell, suite: Suite) -> dict:
-    """A remote task's body (Ray worker or Slurm job): the same run_cell as the local launcher.
-
-    The engine chose this task's GPUs and said so in CUDA_VISIBLE_DEVICES; the cell is handed
-    them explicitly, so it does not depend on which process started the forkserver.
-    """
-    from segbench.runner import run_cell  # the runner imports this package; import it late
-
-    devices = os.environ.get("CUDA_VISIBLE_DEVICES") if cell.device == "cuda" else None
-    with tempfile.TemporaryDirectory(prefix="segbench-") as tmp:
-        return run_cell(cell, suite, Path(tmp), visible_devices=devices)
-
-
 def host_memory_bytes(cell: Cell, spec: LauncherSpec) -> int:
     """Host memory to reserve for a cell: the user's figure, else runtime + the analytic peak on CPU."""
     if spec.host_mem_gb is not None:
@@ -126,15 +112,6 @@ def host_memory_bytes(cell: Cell, spec: LauncherSpec) -> int:
         except NotImplementedError:
             pass  # a method without an analytic model: the runtime figure alone
     return need
-
-
-def failed_row(cell: Cell, status: str, detail: str) -> dict:
-    """A row for a cell whose task ended without returning one (lost node, cancelled, engine error)."""
-    from segbench.runner import base_row
-
-    row = base_row(cell)
-    row.update(status=status, status_detail=detail[:500])
-    return row
 
 
 def last_line(text: str) -> str:

@@ -16,10 +16,10 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from segbench.cellproc import run_cell, warm_forkserver
 from segbench.errors import UserError
 from segbench.launchers import Finished, Launcher
 from segbench.measure import nvml_gpu_count
-from segbench.runner import run_cell
 from segbench.suite import Cell, LauncherSpec, Suite
 
 
@@ -64,6 +64,8 @@ class LocalLauncher(Launcher):
         return self._slots
 
     def submit(self, cells: Sequence[Cell]) -> None:
+        # From the calling (main) thread: a forkserver started by a pool thread would die with it.
+        warm_forkserver()
         for cell in cells:
             self._futures[self._pool.submit(self._run, cell)] = cell
 

@@ -14,10 +14,12 @@ to rehearse a sweep without Slurm; it then keeps `max_parallel` (default 1) task
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from segbench.errors import UserError
 from segbench.launchers import (
     GIB,
     Finished,
@@ -28,6 +30,7 @@ from segbench.launchers import (
     require,
     run_cell_here,
 )
+from segbench.store import suite_slug
 from segbench.suite import Cell, LauncherSpec, Suite, slurm_minutes
 
 # Slurm's default MaxArraySize is 1001: a larger sweep is handed over this many cells at a time,
@@ -45,8 +48,15 @@ class SlurmLauncher(Launcher):
         super().__init__(suite, spec)
         self.submitit = require("submitit", "slurm")
         self.folder = Path(folder)
-        # "%j" gives each job (array task) its own folder of pickles and logs.
-        self.executor = self.submitit.AutoExecutor(folder=self.folder / "%j", cluster=spec.slurm.cluster)
+        no_slurm = ("--launcher slurm: no Slurm on this machine ({}); run from a Slurm login node, or set "
+                    "launcher.slurm.cluster: local to rehearse the sweep here")
+        if spec.slurm.cluster == "slurm" and shutil.which("sbatch") is None:
+            raise UserError(no_slurm.format("sbatch is not on PATH"))
+        try:
+            # "%j" gives each job (array task) its own folder of pickles and logs.
+            self.executor = self.submitit.AutoExecutor(folder=self.folder / "%j", cluster=spec.slurm.cluster)
+        except RuntimeError as e:  # submitit's own detection (srun) failed
+            raise UserError(no_slurm.format(last_line(str(e)))) from None
         self._jobs: dict[str, tuple[Cell, object]] = {}
         self._poll_s = 1.0 if spec.slurm.cluster == "local" else 10.0
 
@@ -63,7 +73,7 @@ class SlurmLauncher(Launcher):
         s = self.spec.slurm
         cuda = self.suite.spec.device == "cuda"
         self.executor.update_parameters(
-            name=f"segbench-{self.suite.name}",
+            name=f"segbench-{suite_slug(self.suite.name)}",  # it lands in an sbatch script: no newline or quote
             timeout_min=self.time_min(),
             nodes=1,
             tasks_per_node=1,
