@@ -44,7 +44,7 @@ class Full(Method):
         return self._backend
 
     def prefill(self, model: torch.nn.Module, input_ids: torch.Tensor) -> Generation:
-        cache = hf.new_cache(model)
+        cache = hf.new_cache(model, capacity=input_ids.shape[1])
         if self.params.prefill == "chunked":
             return prefill.chunked(model, input_ids, cache, self.params.chunk_size)
         return prefill.one_shot(model, input_ids, cache)

@@ -144,8 +144,11 @@ class LongGen(Method):
         return hf.BACKENDS.summary()  # SDPA kernels and, where it ran, triton:block_sparse
 
     def prefill(self, model: torch.nn.Module, input_ids: torch.Tensor) -> Generation:
-        cache = hf.new_positioned_cache(model, self._sparse)
-        step = self.params.chunk_size if self.params.prefill == "chunked" else input_ids.shape[1]
+        length = input_ids.shape[1]
+        step = self.params.chunk_size if self.params.prefill == "chunked" else length
+        # Sparse layers preallocate only what they hold at most (budget at a chunk start + the chunk).
+        in_flight = max(self.kept_tokens(s) + min(step, length - s) for s in range(0, length, step))
+        cache = hf.new_positioned_cache(model, self._sparse, capacity=length, positioned_capacity=in_flight)
         for start in range(0, input_ids.shape[1], step):
             logits = hf.forward_last_logits(model, input_ids[:, start : start + step], cache, longgen=_Step(self, cache))
         return Generation(logits=logits, state=cache, next_position=input_ids.shape[1])
@@ -161,11 +164,9 @@ class LongGen(Method):
     def attend(self, module, q_BHQD, k_BHKD, v_BHKD, scaling, layer) -> tuple[torch.Tensor, None]:
         n_q, n_k = q_BHQD.shape[2], k_BHKD.shape[2]
         if not isinstance(layer, hf.PositionedLayer):  # full layer: causal over everything stored
-            mask_QK = None  # one-shot prefill takes SDPA's is_causal (flash), decode attends to all
-            if 1 < n_q < n_k:  # a later chunk: bottom-right causal, built explicitly
-                pos_K = torch.arange(n_k, device=q_BHQD.device)
-                mask_QK = pos_K[None, :] <= pos_K[n_k - n_q :, None]
-            return hf.segbench_sdpa_forward(module, q_BHQD, k_BHKD, v_BHKD, mask_QK, scaling=scaling)
+            # No mask: one-shot prefill takes SDPA's is_causal (flash), a later chunk bottom-right
+            # causal without a [chunk x context] mask (hf.bottom_right_causal), decode sees all.
+            return hf.segbench_sdpa_forward(module, q_BHQD, k_BHKD, v_BHKD, None, scaling=scaling)
         if n_q == 1:  # decode: the compacted cache plus this token is exactly what it may see
             out_BQHD, _ = hf.segbench_sdpa_forward(module, q_BHQD, k_BHKD, v_BHKD, None, scaling=scaling)
         elif n_q == n_k and self._kernel_runs(q_BHQD):
@@ -177,8 +178,7 @@ class LongGen(Method):
         else:
             out_BQHD = self.sparse_attention(module, q_BHQD, k_BHKD, v_BHKD, layer.positions, scaling)
         if self.kept_tokens(layer.seen) < n_k:  # evict what no later query can reach, right away
-            keep_K = self.allowed(torch.tensor([layer.seen], device=q_BHQD.device), layer.positions)[0]
-            layer.keep(keep_K.nonzero()[:, 0])
+            layer.keep(self.allowed(torch.tensor([layer.seen], device=q_BHQD.device), layer.positions)[0])
         return out_BQHD, None
 
     def sparse_attention(self, module, q_BHQD, k_BHKD, v_BHKD, pos_K, scaling) -> torch.Tensor:
