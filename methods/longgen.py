@@ -19,11 +19,17 @@ query can still reach, so both the stored KV and the peak of prefill drop:
 
 Positions are never renumbered (RoPE is applied before caching). Prefill is `one_shot` or
 `chunked`; either way a sparse layer compacts its KV right after its own attention, so at most
-one layer at a time holds more than its budget. Sparse prefill attention runs in tiles of
-`query_tile` queries, each over the keys it can reach with an explicit boolean mask (SDPA's
-is_causal aligns top-left, wrong for a chunk after earlier KV); on CUDA one-shot `strided` runs
-the Triton block-sparse kernel instead. Decode needs no mask: a compacted cache plus the new
-token is exactly what the new query may attend to.
+one layer at a time holds more than its budget. Full layers attend like full attention's chunked
+prefill: no mask, bottom-right causal, no [chunk x context] tensor (`hf.bottom_right_causal`).
+Sparse prefill attention runs in tiles of `query_tile` queries, each over the keys it can reach
+with an explicit boolean mask (the mask scales with the budget, not the context); on CUDA
+one-shot `strided` runs the Triton block-sparse kernel instead. Decode needs no mask: a
+compacted cache plus the new token is exactly what the new query may attend to.
+
+Caches are written in place (`hf.InPlaceLayer` / `hf.PositionedLayer`): full layers preallocate
+the prompt, sparse layers their most in flight; a sparse layer evicts by moving kept tokens from
+its end into the freed slots (stored order is then not position order; attention and the masks
+only read positions), so a decode step copies one token per layer, not the layer.
 """
 
 from __future__ import annotations
@@ -227,18 +233,16 @@ class LongGen(Method):
         # Peak KV: full layers at L, sparse layers at their largest budget, one sparse layer in flight.
         peak_kv = memory_model.kv_bytes(shape, L, dtype_bytes, n_full) + memory_model.kv_bytes(
             shape, budget, dtype_bytes, n_sparse) + (memory_model.kv_bytes(shape, in_flight, dtype_bytes, 1) if n_sparse else 0)
-        # Attention working set, full and sparse layers never at once: a full layer's causal mask
-        # for a later chunk (none one-shot: is_causal); a sparse tile's mask and gathered K/V.
-        full_work = 0
-        if n_full and chunk < L:
-            full_work = memory_model.mask_bytes(chunk, L, dtype_bytes) + memory_model.expanded_kv_bytes(shape, L, dtype_bytes, device)
+        # A full layer's chunk attends without a mask or expanded K/V (hf.bottom_right_causal); a
+        # sparse tile adds its boolean mask and gathered K/V to the attention-time working set.
         tile = min(p.query_tile, chunk)
         tile_keys = min(in_flight, budget + tile)
-        sparse_work = 0
+        working = memory_model.decoder_layer_peak_bytes(shape, chunk, dtype_bytes)
         if n_sparse:
             sparse_work = (memory_model.mask_bytes(tile, tile_keys, dtype_bytes) + memory_model.kv_bytes(shape, tile_keys, dtype_bytes, 1)
                            + memory_model.expanded_kv_bytes(shape, tile_keys, dtype_bytes, device))
-        working = memory_model.layer_activation_bytes(shape, chunk, dtype_bytes) + max(full_work, sparse_work)
+            working = max(working, memory_model.decoder_attention_bytes(shape, chunk, dtype_bytes) + sparse_work)
+        peak_kv += memory_model.kv_reserve_bytes(shape, dtype_bytes, device)
         peak = weights + peak_kv + working + memory_model.logits_bytes(shape)
         return MemoryEstimate(stored_kv_bytes=kv, peak_prefill_bytes=peak, weights_bytes=weights)
 

@@ -205,36 +205,32 @@ class SnapKV(Method):
     def estimate(
         self, shape: ModelShape, context_len: int, dtype_bytes: int, device: str = "cuda"
     ) -> MemoryEstimate:
-        p = self.params
-        length = context_len
+        p, length = self.params, context_len
         weights = memory_model.weights_bytes(shape, dtype_bytes)
         kept = min(length, p.budget + p.window)
         stored = memory_model.kv_bytes(shape, kept, dtype_bytes)
-        # Dense prefill, as full attention's: every prompt token's KV is stored before the vote.
-        if p.prefill == "chunked":
-            chunk = min(p.chunk_size, length)
-            working = (
-                memory_model.layer_activation_bytes(shape, chunk, dtype_bytes)
-                # transformers' boolean mask and SDPA's additive copy of it in the query dtype
-                + memory_model.mask_bytes(chunk, length, dtype_bytes)
-                + memory_model.expanded_kv_bytes(shape, length, dtype_bytes, device)
-            )
+        reserve = memory_model.kv_reserve_bytes(shape, dtype_bytes, device)
+        tokens = min(p.chunk_size, length) if p.prefill == "chunked" else length
+        layer = memory_model.decoder_layer_peak_bytes(shape, tokens, dtype_bytes)
+        if kept == length:  # nothing to evict: full attention's prefill, byte for byte
+            peak_work = memory_model.kv_bytes(shape, length, dtype_bytes) + layer
         else:
-            working = memory_model.layer_activation_bytes(shape, length, dtype_bytes)
-        captured = voting = 0
-        if kept < length:
             w, heads = p.window, shape.num_heads
-            # Window queries of every layer, held from the forward that makes them until the vote.
-            captured = shape.num_layers * heads * w * shape.head_dim * dtype_bytes
-            # The vote runs after the forward has freed its activations, one layer at a time:
-            # scores [H, W, L] in the model dtype, their fp32 copy and softmax, the boolean causal
-            # mask ([G*W, L], at most H*W*L bytes), votes and pooled votes [H, L] in fp32, and the
-            # compacted K/V of the layer being replaced.
-            voting = (
-                heads * w * length * (dtype_bytes + 4 + 4 + 1)
-                + 2 * heads * length * 4
-                + memory_model.kv_bytes(shape, kept, dtype_bytes, layers=1)
-            )
-        full_kv = memory_model.kv_bytes(shape, length, dtype_bytes)
-        peak = weights + full_kv + captured + max(working, voting) + memory_model.logits_bytes(shape)
+            # The vote, inside one layer's attention: scores [H, W, L] in the model dtype, their fp32
+            # copy and softmax, the boolean causal mask ([G*W, L], at most H*W*L bytes), votes and
+            # pooled votes [H, L] in fp32, the captured window queries.
+            vote = (heads * w * length * (dtype_bytes + 4 + 4 + 1) + 2 * heads * length * 4
+                    + shape.num_layers * heads * w * shape.head_dim * dtype_bytes)
+            during_vote = memory_model.decoder_attention_bytes(shape, tokens, dtype_bytes) + vote
+            if p.prefill == "chunked":
+                # Chunks before the last store every layer's full KV; the last forward compacts
+                # layer by layer, so the peak is at its start: all layers' KV at L.
+                peak_work = memory_model.kv_bytes(shape, length, dtype_bytes) + max(layer, during_vote)
+            else:
+                # One-shot: while a layer votes, it alone holds its full KV (earlier layers are
+                # compacted, later ones not yet written); its MLP then runs over compacted caches.
+                one_full = (memory_model.kv_bytes(shape, kept, dtype_bytes, shape.num_layers - 1)
+                            + memory_model.kv_bytes(shape, length, dtype_bytes, 1) + during_vote)
+                peak_work = max(stored + layer, one_full)
+        peak = weights + peak_work + reserve + memory_model.logits_bytes(shape)
         return MemoryEstimate(stored_kv_bytes=stored, peak_prefill_bytes=peak, weights_bytes=weights)

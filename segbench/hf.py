@@ -14,6 +14,7 @@ import torch
 import transformers
 from packaging.version import Version
 
+from segbench import memory_model
 from segbench.errors import UserError
 from segbench.models import config_values, is_local_path, resolve_model
 
@@ -362,7 +363,7 @@ def versions() -> dict:
 
 # Tokens of headroom a layer allocates beyond what it was asked to hold, so decode writes in place;
 # past it a layer grows by at least 1/8 (amortised: one copy per thousands of tokens, not per token).
-DECODE_RESERVE = 256
+DECODE_RESERVE = memory_model.DECODE_RESERVE
 
 
 class InPlaceLayer(transformers.cache_utils.DynamicLayer):
@@ -480,6 +481,15 @@ class PositionedLayer(InPlaceLayer):
                 buf.index_copy_(2, holes, buf.index_select(2, movers))
             self._pos.index_copy_(0, holes, self._pos.index_select(0, movers))
         self.length = m
+        if self._k.shape[-2] > 2 * (m + DECODE_RESERVE):
+            # Far fewer tokens left than allocated (a whole prompt's buffer after one-shot
+            # prefill): move them to a right-sized buffer so the big one is freed. Later growth
+            # follows what is stored, not the prompt-sized hint.
+            size = m + DECODE_RESERVE
+            self._k = torch.cat([self._k[:, :, :m], self._k.new_empty(*self._k.shape[:2], size - m, self._k.shape[-1])], 2)
+            self._v = torch.cat([self._v[:, :, :m], self._v.new_empty(*self._v.shape[:2], size - m, self._v.shape[-1])], 2)
+            self._pos = torch.cat([self._pos[:m], self._pos.new_empty(size - m)])
+            self.capacity = 0
         self._expose()
         self.positions = self._pos[:m]
 
