@@ -216,12 +216,18 @@ class SnapKV(Method):
             peak_work = memory_model.kv_bytes(shape, length, dtype_bytes) + layer
         else:
             w, heads = p.window, shape.num_heads
-            # The vote, inside one layer's attention: scores [H, W, L] in the model dtype, their fp32
-            # copy and softmax, the boolean causal mask ([G*W, L], at most H*W*L bytes), votes and
-            # pooled votes [H, L] in fp32, the captured window queries.
-            vote = (heads * w * length * (dtype_bytes + 4 + 4 + 1) + 2 * heads * length * 4
+            # The vote, inside one layer's attention (measured: 2.3x the fp32 scores at 32K): the
+            # scores [H, W, L] in fp32 and their softmax, the boolean causal mask (<= 1 byte per
+            # score); in a 16-bit model also the matmul's own output, briefly. Plus votes and
+            # pooled votes [H, L] in fp32 and the captured window queries.
+            per_score = 4 + 4 + 1 + (dtype_bytes if dtype_bytes != 4 else 0)
+            vote = (heads * w * length * per_score + 2 * heads * length * 4
                     + shape.num_layers * heads * w * shape.head_dim * dtype_bytes)
-            during_vote = memory_model.decoder_attention_bytes(shape, tokens, dtype_bytes) + vote
+            # Alive beside the vote: the residual stream, the layer's normed input and its attention
+            # output (q, k, v and the kernels' scratch are gone by then; on the CPU miniature the
+            # vote never outgrew the MLP: chunked at 4K, 18.8 MiB measured vs 19.4 for full chunked).
+            q_width = shape.num_heads * shape.head_dim
+            during_vote = tokens * dtype_bytes * (2 * shape.hidden_size + q_width) + vote
             if p.prefill == "chunked":
                 # Chunks before the last store every layer's full KV; the last forward compacts
                 # layer by layer, so the peak is at its start: all layers' KV at L.

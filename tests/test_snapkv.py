@@ -8,11 +8,9 @@ from functools import cache
 import pytest
 import torch
 from segbench.methods import snapkv
-from segbench.methods.full import Full, FullParams
 
 from segbench import hf, kv
 from segbench.method import make_method
-from segbench.models import shape_of
 
 from .test_streamingllm import PRESET, _ids, _model, attention_by_hand, forward_token_by_hand, rope_reference
 
@@ -285,17 +283,3 @@ def test_one_shot_prefill_holds_one_layers_full_kv_at_a_time(monkeypatch):
     prefill(PARAMS, ids)
     prefill({}, ids, name="full")
     assert most == {1: 1, 2: 4}, most
-
-
-def test_estimate_is_dense_prefill_with_fewer_stored_tokens():
-    shape = shape_of(PRESET)
-    for prefill_mode in ("one_shot", "chunked"):
-        full = Full(FullParams(prefill=prefill_mode, chunk_size=1024)).estimate(shape, 8192, 2, "cuda")
-        same = make_method("snapkv", {"budget": 8192, "prefill": prefill_mode, "chunk_size": 1024})
-        dense = same.estimate(shape, 8192, 2, "cuda")  # nothing to evict: full attention's memory
-        assert dense == full  # the same dense prefill, the same arithmetic (memory_model's mask included)
-        est = make_method("snapkv", {"prefill": prefill_mode, "chunk_size": 1024}).estimate(
-            shape, 8192, 2, "cuda"
-        )
-        assert est.stored_kv_bytes == shape.kv_bytes_per_token(2) * 2048
-        assert est.peak_prefill_bytes >= full.peak_prefill_bytes  # it lowers stored KV only
