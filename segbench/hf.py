@@ -226,11 +226,15 @@ def bottom_right_causal(query, key, value, scale: float | None = None) -> torch.
     if query.device.type == "cuda" and _lower_right_flash_ok(query, key, value):
         from torch.nn.attention.bias import causal_lower_right
 
-        out = torch.nn.functional.scaled_dot_product_attention(
-            query, key, value, attn_mask=causal_lower_right(n_q, n_k), scale=scale, enable_gqa=query.shape[1] != key.shape[1]
-        )
-        BACKENDS.add("sdpa:flash_lower_right")
-        return out.transpose(1, 2).contiguous()
+        try:
+            out = torch.nn.functional.scaled_dot_product_attention(
+                query, key, value, attn_mask=causal_lower_right(n_q, n_k), scale=scale,
+                enable_gqa=query.shape[1] != key.shape[1],
+            )
+            BACKENDS.add("sdpa:flash_lower_right")
+            return out.transpose(1, 2).contiguous()
+        except (RuntimeError, TypeError, ValueError):  # a torch whose bias path refuses GQA: merge below
+            pass
     prefix = n_k - n_q
     out_a, lse_a = _folded_unmasked_lse(query, key[:, :, :prefix], value[:, :, :prefix], scale)
     out_b, lse_b = _attention_lse(query, key[:, :, prefix:], value[:, :, prefix:], True, scale)
