@@ -2,8 +2,15 @@
 
 One-shot prefill runs the whole prompt through each layer at once (FlashAttention through
 flash-attn when importable, else PyTorch SDPA, whose flash kernel takes the causal case). Chunked
-prefill feeds `chunk_size` tokens at a time into a growing cache: activations shrink to one chunk,
-the stored KV does not, and each chunk needs an explicit causal mask against earlier KV.
+prefill feeds `chunk_size` tokens at a time into the cache, as vLLM/SGLang do: each chunk attends
+to every earlier key without a mask and to itself causally (bottom-right alignment), with no
+[chunk x context] mask and no K/V repeated to the query heads (`hf.bottom_right_causal`: flash
+with torch's `causal_lower_right` on CUDA, two fused calls merged by log-sum-exp on CPU).
+Activations shrink to one chunk; the stored KV does not.
+
+The cache is preallocated for the prompt (+ `memory_model.DECODE_RESERVE` tokens) and written in
+place (`hf.InPlaceLayer`): decode appends without the whole-cache `torch.cat` of transformers'
+DynamicCache, which serving engines do not pay either.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ class Full(Method):
         return self._backend
 
     def prefill(self, model: torch.nn.Module, input_ids: torch.Tensor) -> Generation:
-        cache = hf.new_cache(model)
+        cache = hf.new_cache(model, capacity=input_ids.shape[1])
         if self.params.prefill == "chunked":
             return prefill.chunked(model, input_ids, cache, self.params.chunk_size)
         return prefill.one_shot(model, input_ids, cache)
@@ -58,14 +65,10 @@ class Full(Method):
     def estimate(self, shape: ModelShape, context_len: int, dtype_bytes: int, device: str = "cuda") -> MemoryEstimate:
         weights = memory_model.weights_bytes(shape, dtype_bytes)
         kv = memory_model.kv_bytes(shape, context_len, dtype_bytes)
-        if self.params.prefill == "chunked":
-            chunk = min(self.params.chunk_size, context_len)
-            working = (
-                memory_model.layer_activation_bytes(shape, chunk, dtype_bytes)
-                + memory_model.mask_bytes(chunk, context_len, dtype_bytes)
-                + memory_model.expanded_kv_bytes(shape, context_len, dtype_bytes, device)
-            )
-        else:
-            working = memory_model.layer_activation_bytes(shape, context_len, dtype_bytes)
-        peak = weights + kv + working + memory_model.logits_bytes(shape)
+        tokens = min(self.params.chunk_size, context_len) if self.params.prefill == "chunked" else context_len
+        # Every layer's KV (preallocated) + one layer's working set over one chunk (or the prompt);
+        # the chunk's attention needs no mask and no expanded K/V, so nothing scales with chunk x context.
+        working = memory_model.decoder_layer_peak_bytes(shape, tokens, dtype_bytes)
+        peak = (weights + kv + memory_model.kv_reserve_bytes(shape, dtype_bytes, device) + working
+                + memory_model.logits_bytes(shape))
         return MemoryEstimate(stored_kv_bytes=kv, peak_prefill_bytes=peak, weights_bytes=weights)

@@ -19,11 +19,17 @@ query can still reach, so both the stored KV and the peak of prefill drop:
 
 Positions are never renumbered (RoPE is applied before caching). Prefill is `one_shot` or
 `chunked`; either way a sparse layer compacts its KV right after its own attention, so at most
-one layer at a time holds more than its budget. Sparse prefill attention runs in tiles of
-`query_tile` queries, each over the keys it can reach with an explicit boolean mask (SDPA's
-is_causal aligns top-left, wrong for a chunk after earlier KV); on CUDA one-shot `strided` runs
-the Triton block-sparse kernel instead. Decode needs no mask: a compacted cache plus the new
-token is exactly what the new query may attend to.
+one layer at a time holds more than its budget. Full layers attend like full attention's chunked
+prefill: no mask, bottom-right causal, no [chunk x context] tensor (`hf.bottom_right_causal`).
+Sparse prefill attention runs in tiles of `query_tile` queries, each over the keys it can reach
+with an explicit boolean mask (the mask scales with the budget, not the context); on CUDA
+one-shot `strided` runs the Triton block-sparse kernel instead. Decode needs no mask: a
+compacted cache plus the new token is exactly what the new query may attend to.
+
+Caches are written in place (`hf.InPlaceLayer` / `hf.PositionedLayer`): full layers preallocate
+the prompt, sparse layers their most in flight; a sparse layer evicts by moving kept tokens from
+its end into the freed slots (stored order is then not position order; attention and the masks
+only read positions), so a decode step copies one token per layer, not the layer.
 """
 
 from __future__ import annotations
@@ -144,8 +150,11 @@ class LongGen(Method):
         return hf.BACKENDS.summary()  # SDPA kernels and, where it ran, triton:block_sparse
 
     def prefill(self, model: torch.nn.Module, input_ids: torch.Tensor) -> Generation:
-        cache = hf.new_positioned_cache(model, self._sparse)
-        step = self.params.chunk_size if self.params.prefill == "chunked" else input_ids.shape[1]
+        length = input_ids.shape[1]
+        step = self.params.chunk_size if self.params.prefill == "chunked" else length
+        # Sparse layers preallocate only what they hold at most (budget at a chunk start + the chunk).
+        in_flight = max(self.kept_tokens(s) + min(step, length - s) for s in range(0, length, step))
+        cache = hf.new_positioned_cache(model, self._sparse, capacity=length, positioned_capacity=in_flight)
         for start in range(0, input_ids.shape[1], step):
             logits = hf.forward_last_logits(model, input_ids[:, start : start + step], cache, longgen=_Step(self, cache))
         return Generation(logits=logits, state=cache, next_position=input_ids.shape[1])
@@ -161,11 +170,9 @@ class LongGen(Method):
     def attend(self, module, q_BHQD, k_BHKD, v_BHKD, scaling, layer) -> tuple[torch.Tensor, None]:
         n_q, n_k = q_BHQD.shape[2], k_BHKD.shape[2]
         if not isinstance(layer, hf.PositionedLayer):  # full layer: causal over everything stored
-            mask_QK = None  # one-shot prefill takes SDPA's is_causal (flash), decode attends to all
-            if 1 < n_q < n_k:  # a later chunk: bottom-right causal, built explicitly
-                pos_K = torch.arange(n_k, device=q_BHQD.device)
-                mask_QK = pos_K[None, :] <= pos_K[n_k - n_q :, None]
-            return hf.segbench_sdpa_forward(module, q_BHQD, k_BHKD, v_BHKD, mask_QK, scaling=scaling)
+            # No mask: one-shot prefill takes SDPA's is_causal (flash), a later chunk bottom-right
+            # causal without a [chunk x context] mask (hf.bottom_right_causal), decode sees all.
+            return hf.segbench_sdpa_forward(module, q_BHQD, k_BHKD, v_BHKD, None, scaling=scaling)
         if n_q == 1:  # decode: the compacted cache plus this token is exactly what it may see
             out_BQHD, _ = hf.segbench_sdpa_forward(module, q_BHQD, k_BHKD, v_BHKD, None, scaling=scaling)
         elif n_q == n_k and self._kernel_runs(q_BHQD):
@@ -177,8 +184,7 @@ class LongGen(Method):
         else:
             out_BQHD = self.sparse_attention(module, q_BHQD, k_BHKD, v_BHKD, layer.positions, scaling)
         if self.kept_tokens(layer.seen) < n_k:  # evict what no later query can reach, right away
-            keep_K = self.allowed(torch.tensor([layer.seen], device=q_BHQD.device), layer.positions)[0]
-            layer.keep(keep_K.nonzero()[:, 0])
+            layer.keep(self.allowed(torch.tensor([layer.seen], device=q_BHQD.device), layer.positions)[0])
         return out_BQHD, None
 
     def sparse_attention(self, module, q_BHQD, k_BHKD, v_BHKD, pos_K, scaling) -> torch.Tensor:
@@ -227,18 +233,16 @@ class LongGen(Method):
         # Peak KV: full layers at L, sparse layers at their largest budget, one sparse layer in flight.
         peak_kv = memory_model.kv_bytes(shape, L, dtype_bytes, n_full) + memory_model.kv_bytes(
             shape, budget, dtype_bytes, n_sparse) + (memory_model.kv_bytes(shape, in_flight, dtype_bytes, 1) if n_sparse else 0)
-        # Attention working set, full and sparse layers never at once: a full layer's causal mask
-        # for a later chunk (none one-shot: is_causal); a sparse tile's mask and gathered K/V.
-        full_work = 0
-        if n_full and chunk < L:
-            full_work = memory_model.mask_bytes(chunk, L, dtype_bytes) + memory_model.expanded_kv_bytes(shape, L, dtype_bytes, device)
+        # A full layer's chunk attends without a mask or expanded K/V (hf.bottom_right_causal); a
+        # sparse tile adds its boolean mask and gathered K/V to the attention-time working set.
         tile = min(p.query_tile, chunk)
         tile_keys = min(in_flight, budget + tile)
-        sparse_work = 0
+        working = memory_model.decoder_layer_peak_bytes(shape, chunk, dtype_bytes)
         if n_sparse:
             sparse_work = (memory_model.mask_bytes(tile, tile_keys, dtype_bytes) + memory_model.kv_bytes(shape, tile_keys, dtype_bytes, 1)
                            + memory_model.expanded_kv_bytes(shape, tile_keys, dtype_bytes, device))
-        working = memory_model.layer_activation_bytes(shape, chunk, dtype_bytes) + max(full_work, sparse_work)
+            working = max(working, memory_model.decoder_attention_bytes(shape, chunk, dtype_bytes) + sparse_work)
+        peak_kv += memory_model.kv_reserve_bytes(shape, dtype_bytes, device)
         peak = weights + peak_kv + working + memory_model.logits_bytes(shape)
         return MemoryEstimate(stored_kv_bytes=kv, peak_prefill_bytes=peak, weights_bytes=weights)
 

@@ -2,12 +2,16 @@
 
 The prompt is prefilled densely (one-shot or chunked, exactly as full attention). The last
 `window` queries of every layer, after RoPE, are captured by our attention function during the
-forward(s) that contain them. After prefill, per layer, those queries' softmax attention over the
-whole prompt is computed (only [window x L] rows, never L x L), summed over the window queries,
-pooled along positions, averaged over the query heads of each KV group, and each KV head keeps its
-top-`budget` positions of the prefix plus the window itself. Stored KV drops to
-min(L, budget + window) tokens per layer; peak prefill memory does not (the whole prompt's KV
-exists before the vote), hence `lowers = ("stored_kv",)`.
+forward(s) that contain them. In the forward holding the prompt's last token, each layer, right
+after its own attention, computes those queries' softmax attention over its whole KV (only
+[window x L] rows, never L x L), sums it over the window queries, pools it along positions,
+averages it over the query heads of each KV group, and keeps per KV head its top-`budget`
+positions of the prefix plus the window itself, before the next layer runs. As in the reference
+code and kvpress, at most one layer's full KV is then alive in a one-shot prefill (the others are
+compacted or not yet written); chunked prefill stores every layer's KV for the chunks before the
+last, so its peak holds all layers' KV up to the last chunk. Stored KV drops to
+min(L, budget + window) tokens per layer. Peak prefill memory drops too (one-shot), but by the
+KV of all layers but one, not to a bound: `lowers = ("stored_kv",)` stays the honest claim.
 
 GQA: the query heads of one KV group vote together (mean of their pooled votes; the mean ranks as
 the sum would, and keeps the scale of multi-head attention) and the cache stays at Hkv heads. The
@@ -56,28 +60,42 @@ class SnapKVParams:
 
 
 class WindowCapture:
-    """The last `window` post-RoPE queries of each layer, collected across the prefill forwards."""
+    """The last `window` post-RoPE queries of each layer, collected across the prefill forwards.
 
-    def __init__(self, window: int) -> None:
+    `cache` and `compact` are set for the forward holding the prompt's last token: there each
+    layer votes and compacts its own KV right after its attention (see `snapkv_attention`).
+    """
+
+    def __init__(self, window: int, method: SnapKV | None = None) -> None:
         self.window = window
+        self.method = method
+        self.cache = None
+        self.compact = False
         self.queries: dict[int, torch.Tensor] = {}  # layer -> [B, H, <=window, D]
         self.scaling: dict[int, float] = {}
 
     def add(self, layer_idx: int, query_BHLD: torch.Tensor, scaling: float) -> None:
         previous = self.queries.get(layer_idx)
-        q_BHLD = query_BHLD if previous is None else torch.cat([previous, query_BHLD], dim=2)
+        q_BHLD = query_BHLD if previous is None else torch.cat([previous, query_BHLD[:, :, -self.window :]], dim=2)
         # A copy, not a view: a view would keep the whole chunk's queries alive until the vote.
         self.queries[layer_idx] = q_BHLD[:, :, -self.window :].clone()
         self.scaling[layer_idx] = scaling
 
 
 def snapkv_attention(module, query, key, value, attention_mask, **kwargs):
-    """Plain SDPA; while a `snapkv_capture` kwarg is passed, it also records the layer's queries."""
+    """SDPA; while a `snapkv_capture` kwarg is passed it also records the layer's last queries and,
+    in the forward holding the prompt's last token, compacts this layer's KV right after its
+    attention, before the next layer allocates its own: at most one layer's full KV is alive."""
     capture: WindowCapture | None = kwargs.pop("snapkv_capture", None)
+    out = hf.segbench_sdpa_forward(module, query, key, value, attention_mask, **kwargs)
     if capture is not None:
         scaling = kwargs.get("scaling")
-        capture.add(module.layer_idx, query, scaling if scaling is not None else query.shape[-1] ** -0.5)
-    return hf.segbench_sdpa_forward(module, query, key, value, attention_mask, **kwargs)
+        layer_idx = module.layer_idx
+        capture.add(layer_idx, query, scaling if scaling is not None else query.shape[-1] ** -0.5)
+        if capture.compact:
+            capture.method.compact_layer(capture.cache, layer_idx, capture.queries.pop(layer_idx), key, value,
+                                         capture.scaling[layer_idx])
+    return out
 
 
 def window_votes(
@@ -135,7 +153,7 @@ class SnapKV(Method):
     def setup(self, model: torch.nn.Module, *, device: str, dtype: str) -> None:
         if hf.uses_sliding_window(model):
             raise Unsupported("snapkv compacts plain caches; this model declares sliding-window layers")
-        hf.register_attention(ATTENTION, snapkv_attention)
+        hf.register_attention(ATTENTION, snapkv_attention, hf.no_mask)  # causality from shapes, no mask
         hf.set_attention(model, ATTENTION)
         self._voted = False
 
@@ -146,34 +164,31 @@ class SnapKV(Method):
     def prefill(self, model: torch.nn.Module, input_ids: torch.Tensor) -> Generation:
         p = self.params
         length = input_ids.shape[1]
-        cache = hf.new_cache(model)
-        capture = WindowCapture(p.window) if length > p.budget + p.window else None
+        cache = hf.new_cache(model, capacity=length)
+        capture = WindowCapture(p.window, self) if length > p.budget + p.window else None
         step = p.chunk_size if p.prefill == "chunked" else length
         logits = None
         for start in range(0, length, step):
             chunk = input_ids[:, start : start + step]
-            # Capture only in the forward(s) holding the last `window` prompt tokens.
+            # Capture only in the forward(s) holding the last `window` prompt tokens; compact in the last.
             wants = capture is not None and start + chunk.shape[1] > length - p.window
+            if wants and start + chunk.shape[1] == length:
+                capture.cache, capture.compact = cache, True
             logits = hf.forward_last_logits(
                 model, chunk, cache, **({"snapkv_capture": capture} if wants else {})
             )
         if capture is not None:
-            self._compact(cache, capture)
+            capture.cache = None
         return Generation(logits=logits, state=cache, next_position=length)
 
-    def _compact(self, cache, capture: WindowCapture) -> None:
-        """Vote and gather layer by layer, so the scratch is one layer's [H, W, L] at a time."""
+    def compact_layer(self, cache, layer_idx: int, q_BHWD, keys_BKLD, values_BKLD, scaling: float) -> None:
+        """Vote with the window queries over this layer's whole KV and keep the winners in place of it."""
         p = self.params
-        for layer_idx, q_BHWD in capture.queries.items():
-            keys_BKLD, values_BKLD = hf.get_cache_layer(cache, layer_idx)
-            votes_BKP = window_votes(q_BHWD, keys_BKLD, capture.scaling[layer_idx], p.pooling, p.kernel)
-            index_BKT = keep_index(votes_BKP, p.budget, p.window)
-            hf.set_cache_layer(
-                cache,
-                layer_idx,
-                kv.gather_positions(keys_BKLD, index_BKT),
-                kv.gather_positions(values_BKLD, index_BKT),
-            )
+        votes_BKP = window_votes(q_BHWD, keys_BKLD, scaling, p.pooling, p.kernel)
+        index_BKT = keep_index(votes_BKP, p.budget, p.window)
+        hf.set_cache_layer(
+            cache, layer_idx, kv.gather_positions(keys_BKLD, index_BKT), kv.gather_positions(values_BKLD, index_BKT)
+        )
         self._voted = True
 
     def decode(self, model: torch.nn.Module, token_ids: torch.Tensor, gen: Generation) -> Generation:
@@ -190,36 +205,38 @@ class SnapKV(Method):
     def estimate(
         self, shape: ModelShape, context_len: int, dtype_bytes: int, device: str = "cuda"
     ) -> MemoryEstimate:
-        p = self.params
-        length = context_len
+        p, length = self.params, context_len
         weights = memory_model.weights_bytes(shape, dtype_bytes)
         kept = min(length, p.budget + p.window)
         stored = memory_model.kv_bytes(shape, kept, dtype_bytes)
-        # Dense prefill, as full attention's: every prompt token's KV is stored before the vote.
-        if p.prefill == "chunked":
-            chunk = min(p.chunk_size, length)
-            working = (
-                memory_model.layer_activation_bytes(shape, chunk, dtype_bytes)
-                # transformers' boolean mask and SDPA's additive copy of it in the query dtype
-                + memory_model.mask_bytes(chunk, length, dtype_bytes)
-                + memory_model.expanded_kv_bytes(shape, length, dtype_bytes, device)
-            )
+        reserve = memory_model.kv_reserve_bytes(shape, dtype_bytes, device)
+        tokens = min(p.chunk_size, length) if p.prefill == "chunked" else length
+        layer = memory_model.decoder_layer_peak_bytes(shape, tokens, dtype_bytes)
+        if kept == length:  # nothing to evict: full attention's prefill, byte for byte
+            peak_work = memory_model.kv_bytes(shape, length, dtype_bytes) + layer
         else:
-            working = memory_model.layer_activation_bytes(shape, length, dtype_bytes)
-        captured = voting = 0
-        if kept < length:
             w, heads = p.window, shape.num_heads
-            # Window queries of every layer, held from the forward that makes them until the vote.
-            captured = shape.num_layers * heads * w * shape.head_dim * dtype_bytes
-            # The vote runs after the forward has freed its activations, one layer at a time:
-            # scores [H, W, L] in the model dtype, their fp32 copy and softmax, the boolean causal
-            # mask ([G*W, L], at most H*W*L bytes), votes and pooled votes [H, L] in fp32, and the
-            # compacted K/V of the layer being replaced.
-            voting = (
-                heads * w * length * (dtype_bytes + 4 + 4 + 1)
-                + 2 * heads * length * 4
-                + memory_model.kv_bytes(shape, kept, dtype_bytes, layers=1)
-            )
-        full_kv = memory_model.kv_bytes(shape, length, dtype_bytes)
-        peak = weights + full_kv + captured + max(working, voting) + memory_model.logits_bytes(shape)
+            # The vote, inside one layer's attention (measured: 2.3x the fp32 scores at 32K): the
+            # scores [H, W, L] in fp32 and their softmax, the boolean causal mask (<= 1 byte per
+            # score); in a 16-bit model also the matmul's own output, briefly. Plus votes and
+            # pooled votes [H, L] in fp32 and the captured window queries.
+            per_score = 4 + 4 + 1 + (dtype_bytes if dtype_bytes != 4 else 0)
+            vote = (heads * w * length * per_score + 2 * heads * length * 4
+                    + shape.num_layers * heads * w * shape.head_dim * dtype_bytes)
+            # Alive beside the vote: the residual stream, the layer's normed input and its attention
+            # output (q, k, v and the kernels' scratch are gone by then; on the CPU miniature the
+            # vote never outgrew the MLP: chunked at 4K, 18.8 MiB measured vs 19.4 for full chunked).
+            q_width = shape.num_heads * shape.head_dim
+            during_vote = tokens * dtype_bytes * (2 * shape.hidden_size + q_width) + vote
+            if p.prefill == "chunked":
+                # Chunks before the last store every layer's full KV; the last forward compacts
+                # layer by layer, so the peak is at its start: all layers' KV at L.
+                peak_work = memory_model.kv_bytes(shape, length, dtype_bytes) + max(layer, during_vote)
+            else:
+                # One-shot: while a layer votes, it alone holds its full KV (earlier layers are
+                # compacted, later ones not yet written); its MLP then runs over compacted caches.
+                one_full = (memory_model.kv_bytes(shape, kept, dtype_bytes, shape.num_layers - 1)
+                            + memory_model.kv_bytes(shape, length, dtype_bytes, 1) + during_vote)
+                peak_work = max(stored + layer, one_full)
+        peak = weights + peak_work + reserve + memory_model.logits_bytes(shape)
         return MemoryEstimate(stored_kv_bytes=stored, peak_prefill_bytes=peak, weights_bytes=weights)

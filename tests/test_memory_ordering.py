@@ -1,6 +1,6 @@
 """The harness must show which memory each method lowers, not hide it: at cpu_smoke's longest
-context, segmented and streamingllm prefill below full one-shot; snapkv does not (its prefill is
-dense, its saving is stored KV only)."""
+context, segmented and streamingllm prefill below full one-shot; snapkv only by the KV its layers
+compact one by one during prefill (its activations stay dense)."""
 
 from __future__ import annotations
 
@@ -25,5 +25,6 @@ def test_peak_prefill_ordering_at_the_longest_cpu_smoke_context(tmp_path):
     kv = {label: r["kv_cache_bytes"] for label, r in rows.items()}
     assert peak["segmented"] < 0.7 * peak["full"], peak
     assert peak["streamingllm"] < 0.7 * peak["full"], peak
-    assert peak["snapkv"] > 0.9 * peak["full"], peak  # dense prefill: no peak saving to show
+    # Per-layer compaction: below full by (a share of) the KV, not by the dense activations.
+    assert 0.7 * peak["full"] < peak["snapkv"] < peak["full"], peak
     assert kv["snapkv"] < kv["full"] and kv["segmented"] < kv["full"] and kv["streamingllm"] < kv["full"]
