@@ -23,6 +23,10 @@ from segbench import hf
 # most this many elements, so the mask stays ~20 MB whatever the segment and window lengths.
 MASK_ELEMENTS = 1 << 22
 
+# Names the execution rule, recorded with trained checkpoints: before it, the segment's newest query
+# chose the long-range blocks (not causal) and long-range heads had no tail.
+SEGMENTED_RULE = "causal-prefix-v1: previous segment's last query selects; long-range tail"
+
 # The paper's long-range layers for the 32-layer LLaMA-2-7B.
 PAPER_LONG_RANGE_LAYERS = (6, 8, 11, 18)
 PAPER_NUM_LAYERS = 32

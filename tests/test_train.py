@@ -213,5 +213,8 @@ def test_shipped_checkpoint_reproduces_its_recorded_score(name):
     cfg = from_dict(TrainConfig, record["config"], "segbench_train.json")
     cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, fixed_n=record["fixed_sample"]["n"]))
     again = fixed_sample_scores(load_trained(path), cfg)
-    for attention in ("full", "segmented"):
-        assert again[attention] == record["fixed_sample"][attention]
+    assert again["full"] == record["fixed_sample"]["full"]
+    # A checkpoint scored under an older segmented rule (newest-query selection, not causal) keeps
+    # a full-attention score that must reproduce; its segmented score cannot, until it is retrained.
+    if record.get("segmented_rule") == segments.SEGMENTED_RULE:
+        assert again["segmented"] == record["fixed_sample"]["segmented"]
