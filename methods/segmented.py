@@ -222,6 +222,17 @@ class Segmented(Method):
             total += heads * (prefix + tail + (p.segment if open_segment else 0))
         return total
 
+    @staticmethod
+    def _activation_bytes(shape: ModelShape, tokens: int, dtype_bytes: int) -> int:
+        """One decoder layer's forward over `tokens`, at its MLP (measured to be where the peak falls).
+
+        The MLP's three [tokens, I] products, and four [tokens, H]: the residual, its normed copy,
+        the model's input embeddings (referenced through the whole forward) and the residual add's
+        output; the RoPE tables (cos, sin). memory_model.layer_activation_bytes counts 2 H and so
+        undershoots the measured peak by ~2 H per token (also seen on full attention).
+        """
+        return tokens * (dtype_bytes * (4 * shape.hidden_size + 3 * shape.intermediate_size) + 2 * shape.head_dim * 4)
+
     def estimate(self, shape: ModelShape, context_len: int, dtype_bytes: int, device: str = "cuda") -> MemoryEstimate:
         p = self.params
         lr_layers, lr_heads = self._plan(shape.model_type, shape.num_layers, shape.num_kv_heads)
@@ -233,27 +244,35 @@ class Segmented(Method):
         stored = pool + token * sum(
             self._stored_tokens(closed, is_open, n_kv, lr_heads, i in lr_layers) for i in range(shape.num_layers))
 
-        # Peak prefill = weights + the pool (reserved in full at the first close; off the device
-        # with pool_device="cpu") + every layer's open window buffer during the last segment's
-        # forward + the working set of one layer over one segment:
+        # Peak prefill = weights + the pool (reserved in full at the first close; off the device with
+        # pool_device="cpu") + every layer's visible part (prefix + tail) + open segment buffers +
+        # the working set of one layer's forward. Measured on the CPU miniature (tiny-llama, fp32,
+        # 8K-32K, defaults), the peak falls in the MLP of a full segment's forward, not in attention:
+        # a smaller mask chunk (segments.MASK_ELEMENTS 4M -> 1M) left it unchanged (67.6 vs 67.4 MiB),
+        # so the attention-phase terms (mask, close-time rotations, selection scores) enter as a max.
         seg = min(p.segment, context_len)
         seen = ((context_len - 1) // p.segment) * p.segment  # closed before the last segment opened
-        windows = token * sum(self._stored_tokens(seen, True, n_kv, lr_heads, i in lr_layers) for i in range(shape.num_layers))
-        n_win = max(self._stored_tokens(seen, True, 1, [0] if i in lr_layers and n_lr else [], i in lr_layers)
-                    for i in range(shape.num_layers))  # the longest window one head sees
-        activations = memory_model.layer_activation_bytes(shape, seg, dtype_bytes)
-        group = shape.num_heads // n_kv
-        # At a close: float32 temporaries un-rotating the segment's keys for the pool, and the
-        # selection's logits, softmax and group mean over the pool.
-        rope = 3 * n_kv * seg * shape.head_dim * 4
-        scores = 3 * n_lr * group * seen * 4 if lr_layers and p.topk else 0
+        per_layer = [(i in lr_layers) for i in range(shape.num_layers)]
+        visible = token * sum(self._stored_tokens(seen, False, n_kv, lr_heads, lr) for lr in per_layer)
+        seg_buffer = token * n_kv * p.segment  # one layer's open segment part
+        current = context_len - seen  # tokens of the last forward
+        # A full segment closes in each layer as the forward leaves it: one open buffer at a time.
+        # A partial last segment stays open in every layer, with a smaller forward.
+        full_seg = seg_buffer + self._activation_bytes(shape, seg, dtype_bytes)
+        partial = shape.num_layers * seg_buffer + self._activation_bytes(shape, current, dtype_bytes)
+        working = max(full_seg, partial if current < p.segment else 0)
+        n_win = max(self._stored_tokens(seen, True, 1, [0] if lr and n_lr else [], lr) for lr in per_layer)
+        n_vis = n_win - p.segment  # the longest visible part one head sees
         has_triton = importlib.util.find_spec("triton") is not None
         kernel = device == "cuda" and p.kernel != "torch" and has_triton  # the kernel needs no mask
-        n_vis = n_win - p.segment
-        # Masked SDPA chunks (segments.MASK_ELEMENTS): a bool mask, and on the CPU its float copy too.
+        # Attention phase: a bool mask chunk and, on the CPU, SDPA's float copy of it; at a close the
+        # float32 temporaries rotating a segment's keys and the selection's scores over the pool.
         mask = 0 if kernel or n_vis == 0 else min(segments.MASK_ELEMENTS, seg * (n_vis + seg)) * (5 if device == "cpu" else 1)
+        rope = 3 * n_kv * seg * shape.head_dim * 4
+        scores = 3 * n_lr * (shape.num_heads // n_kv) * seen * 4 if lr_layers and p.topk else 0
+        attention_phase = seg_buffer + mask + rope + scores + seg * 4 * dtype_bytes * shape.hidden_size
         off_device = pool if p.pool_device == "cpu" and device != "cpu" else 0
         weights = memory_model.weights_bytes(shape, dtype_bytes)
-        peak = (weights + pool - off_device + windows + activations + rope + scores + mask
+        peak = (weights + pool - off_device + visible + max(working, attention_phase)
                 + memory_model.logits_bytes(shape))
         return MemoryEstimate(stored_kv_bytes=stored, peak_prefill_bytes=peak, weights_bytes=weights)
