@@ -1,35 +1,52 @@
 """Segmented execution, training-inference consistent (arXiv 2605.11744).
 
-The sequence runs in segments of `segment` tokens (S), one forward per segment. In every layer the
-local KV heads attend to [tail; segment], the tail being the last `tail` tokens (M) of the closed
-segments. In the long-range layers the `long_range_heads` attend to [prefix; segment] instead: the
-`topk` blocks of `block` tokens that the segment's last query ranks highest in a read-only pool of
-every closed segment (R = topk * block tokens; scoring in `segments.select_blocks`). Positions are
-renumbered inside each window: the forward runs with segment-local position_ids, and visible keys
-are rotated to -V..-1 (RoPE is relative, so this is the window numbered 0..V+S-1). Local layers
-store only the tail, which with one segment's activations is where peak memory drops. Decode
-tokens extend the last segment; when it reaches S tokens it closes and a new one starts. A decode
-token is its segment's last query so far, so it re-picks the prefix for itself (one pool scoring
-per long-range layer per token, as a prefill segment pays once for all its queries).
+The sequence runs in segments of `segment` tokens (S), one forward per segment (decode tokens
+extend the open segment; at S tokens it closes and the next opens). Positions are renumbered inside
+each window: the forward runs with segment-local position_ids and visible keys are rotated to
+-V..-1 (RoPE is relative, so this is the window numbered 0..V+S-1, exactly).
 
-Keys are stored ready for their use. The tail is contiguous and just before the segment, so its keys
-are kept rotated to -T..-1 and moved by -S when a segment closes (one rotation per close, none per
-decode step). The pool is kept pre-RoPE (segment keys un-rotated once on closing, with the inverse
-rotation at their known positions: no forked model code, no hook) because retrieved blocks are not
-contiguous and get new positions every time they are picked.
+What each head sees, and the choices behind it (the paper states the roles, not S, M, R, k):
+- Local heads: [tail; segment], the tail being the last `tail` tokens (M) of the closed segments.
+- Long-range heads (`long_range_heads` of the `long_range_layers`): [prefix; tail; segment], the
+  prefix being `topk` blocks of `block` tokens (R = topk * block) retrieved from a read-only pool.
+  The paper gives them [prefix; segment]; we add the tail by default (`long_range_tail=True`)
+  because otherwise the segment's first tokens would see nothing of the immediately preceding
+  tokens in exactly the layers meant to reach furthest. `long_range_tail=False` is the paper's.
+- Which query selects, and when: the LAST query of the PREVIOUS segment, when that segment closes
+  (pre-RoPE, per KV head with its GQA group's softmax-averaged votes, block score = max over its
+  tokens: `segments.select_blocks`). The choice is then fixed for the whole next segment: every
+  prefill token and every decode token of it sees the same blocks. This is what causality allows:
+  a segment's own last query would let earlier tokens see blocks chosen by a later token, and
+  decode (re-picking per token) would differ from prefill. The first segment retrieves nothing.
+- Pool contents: every closed segment (the just-closed one included), pre-RoPE, detached. Blocks
+  that overlap the long-range heads' own tail are not candidates (they are already visible, and
+  would be seen twice); with `long_range_tail=False` every pool block is. Blocks are cut from the
+  start of the sequence, so a tail that is not a multiple of `block` leaves the straddling block's
+  tokens outside the tail unretrievable: choose M as a multiple of the block.
+- Gradient rule (training, `segbench/train/forward.py`, runs this same code): a segment's loss
+  reaches only the KV carried from the immediately preceding segment, the tail; tail tokens of older
+  segments are detached when a segment closes, the pool and the prefix gathered from it always are
+  (the paper's abstract: the tail is the only path of cross-segment gradient).
 
-Defaults, for the paper's LLaMA-2-7B class at 32K-128K; the paper leaves S, M, R, k and the head
-choice unstated:
-- segment=4096: LLaMA-2's native context, so a window ([<=2048 visible; 4096]) stays inside what
-  the model was trained on, while one segment's activations stay ~1/32 of a 128K one-shot's.
-- tail=2048 and topk=32 x block=64 (R=2048): local and long-range heads see windows of one length;
+Storage (`segments.HeadGroup`): the open segment's window is one preallocated buffer per head group
+[B, H, R + T + S, D] = [prefix | tail | segment]: a decode token is written in place and attention
+reads a view, so no step copies the cache (the pool grows by one segment per close during decode,
+a copy once per S tokens). Tail keys are kept rotated to -T..-1 and moved by -S at a close (one
+rotation per close, none per token); the pool is kept pre-RoPE (segment keys un-rotated once on
+closing: no forked model code, no hook) because retrieved blocks get new positions every segment.
+Stored KV counts the buffers as allocated, the empty part of the open segment included.
+
+Defaults, for the paper's LLaMA-2-7B-32K/80K class at 32K-128K:
+- segment=4096: one segment's activations stay ~1/32 of a 128K one-shot's, and the longest
+  window (R + M + S = 8K for long-range heads) stays well inside the 32K the models were trained on.
+- tail=2048 and topk=32 x block=64 (R=2048): local and long-range windows of similar length;
   M is what every local layer stores, so it is the stored-KV knob and is kept at S/2.
 - block=64: the Triton kernel's key tile in bf16 (a block is a whole tile), and fine enough that a
   one-token needle brings 63 neighbours, not thousands.
 - long_range_layers="auto": the paper's 6, 8, 11, 18 of 32 scaled to the model's depth
   (`segments.scale_layers`); an explicit list must lie inside the model.
 - long_range_heads="all": the paper names layers, not heads; a list of KV-head indices makes the
-  other heads of those layers local (they store a tail instead of the pool).
+  other heads of those layers local (they see only the tail).
 - pool_device="same"; "cpu" keeps the pool in host memory and copies only the R picked tokens over.
 - kernel="auto": the Triton kernel on CUDA where it can run, PyTorch SDPA otherwise.
 Batch > 1 is computed per row, but padding masks are not supported (the harness runs batch 1).
@@ -60,6 +77,7 @@ class SegmentedParams:
     block: int = 64
     long_range_layers: Literal["auto"] | tuple[int, ...] = "auto"
     long_range_heads: Literal["all"] | tuple[int, ...] = "all"
+    long_range_tail: bool = True
     pool_device: Literal["same", "cpu"] = "same"
     kernel: Literal["auto", "torch", "triton"] = "auto"
 
@@ -74,15 +92,18 @@ class SegmentedParams:
                 raise ValueError(f"{name} must be distinct indices >= 0, got {list(value)}")
 
 
-def _window(module, q_BHLD, k_vis, v_vis, k_seg, v_seg, scaling: float, *, kernel: str) -> torch.Tensor:
-    """[B, Lq, Hq, D] of one window. THE one place where the CUDA path runs the Triton kernel."""
+def _window(module, q_BHLD, k_BKWD, v_BKWD, n_vis: int, scaling: float, *, kernel: str) -> torch.Tensor:
+    """[B, Lq, Hq, D] of one window [visible; segment]. THE one place where the CUDA path runs the Triton kernel.
+
+    The kernel gets views of the window buffer (visible part, segment part): nothing is copied."""
     if _use_kernel(kernel, q_BHLD):
         from segbench.kernels.segmented_attention import segmented_attention
 
-        out_BHLD = segmented_attention(q_BHLD, k_seg, v_seg, k_vis, v_vis, sm_scale=scaling)
+        k_vis, v_vis = (k_BKWD[:, :, :n_vis], v_BKWD[:, :, :n_vis]) if n_vis else (None, None)
+        out_BHLD = segmented_attention(q_BHLD, k_BKWD[:, :, n_vis:], v_BKWD[:, :, n_vis:], k_vis, v_vis, sm_scale=scaling)
         hf.BACKENDS.add("triton")
         return out_BHLD.transpose(1, 2)
-    return segments.window_attention(module, q_BHLD, k_vis, v_vis, k_seg, v_seg, scaling)
+    return segments.window_attention(module, q_BHLD, k_BKWD, v_BKWD, n_vis, scaling)
 
 
 def _use_kernel(choice: str, q_BHLD: torch.Tensor) -> bool:
@@ -167,7 +188,7 @@ class Segmented(Method):
     def prefill(self, model: torch.nn.Module, input_ids: torch.Tensor) -> Generation:
         n_kv = model.config.num_key_value_heads
         layers = [
-            segments.LayerKV(n_kv, self._heads if i in self._layers else [], self._pool_device)
+            segments.LayerKV(n_kv, self._heads if i in self._layers else [], self._pool_device, self.params.long_range_tail)
             for i in range(model.config.num_hidden_layers)
         ]
         length = input_ids.shape[1]
@@ -185,35 +206,73 @@ class Segmented(Method):
     def kv_cache_bytes(self, gen: Generation) -> int:
         return hf.tensor_bytes([t for layer in gen.state.layers for t in layer.tensors()])
 
+    def _stored_tokens(self, closed: int, open_segment: bool, n_kv: int, lr_heads: list[int], long_range: bool) -> int:
+        """KV-head tokens one layer stores (pool excluded) after `closed` tokens closed, as `segments` allocates."""
+        p = self.params
+        groups = []  # (heads, keeps tail, retrieves), as LayerKV builds them
+        if not long_range or len(lr_heads) < n_kv:
+            groups.append((n_kv - len(lr_heads) if long_range else n_kv, True, False))
+        if long_range and lr_heads:
+            groups.append((len(lr_heads), p.long_range_tail, True))
+        total = 0
+        for heads, keeps_tail, retrieves in groups:
+            tail = min(p.tail, closed) if keeps_tail else 0
+            n_blocks = (closed - tail) // p.block if retrieves and closed and p.topk else 0
+            prefix = min(p.topk, max(0, n_blocks)) * p.block
+            total += heads * (prefix + tail + (p.segment if open_segment else 0))
+        return total
+
+    @staticmethod
+    def _activation_bytes(shape: ModelShape, tokens: int, dtype_bytes: int) -> int:
+        """One decoder layer's forward over `tokens`, at its MLP (measured to be where the peak falls).
+
+        The MLP's three [tokens, I] products, and four [tokens, H]: the residual, its normed copy,
+        the model's input embeddings (referenced through the whole forward) and the residual add's
+        output; the RoPE tables (cos, sin). memory_model.layer_activation_bytes counts 2 H and so
+        undershoots the measured peak by ~2 H per token (also seen on full attention).
+        """
+        return tokens * (dtype_bytes * (4 * shape.hidden_size + 3 * shape.intermediate_size) + 2 * shape.head_dim * 4)
+
     def estimate(self, shape: ModelShape, context_len: int, dtype_bytes: int, device: str = "cuda") -> MemoryEstimate:
         p = self.params
         lr_layers, lr_heads = self._plan(shape.model_type, shape.num_layers, shape.num_kv_heads)
         n_kv, n_lr = shape.num_kv_heads, len(lr_heads)
         token = 2 * shape.head_dim * dtype_bytes  # K and V of one token in one KV head
         closed = (context_len // p.segment) * p.segment  # pool tokens (reserved exactly at the first close)
-        current = context_len - closed  # the open last segment, kept as is in every layer
-        tail = min(p.tail, closed)
-        local_layer = token * n_kv * (tail + current)
-        lr_layer = token * (n_lr * closed + (n_kv - n_lr) * tail + n_kv * current)
+        is_open = context_len > closed
         pool = len(lr_layers) * token * n_lr * closed
-        stored = (shape.num_layers - len(lr_layers)) * local_layer + len(lr_layers) * lr_layer
+        stored = pool + token * sum(
+            self._stored_tokens(closed, is_open, n_kv, lr_heads, i in lr_layers) for i in range(shape.num_layers))
 
-        # Peak prefill = weights + the stored state (the pool is reserved in full at the first
-        # close, so it is there through prefill; off the device with pool_device="cpu") + the
-        # working set of one layer over the largest forward, one segment:
+        # Peak prefill = weights + the pool (reserved in full at the first close; off the device with
+        # pool_device="cpu") + every layer's visible part (prefix + tail) + open segment buffers +
+        # the working set of one layer's forward. Measured on the CPU miniature (tiny-llama, fp32,
+        # 8K-32K, defaults), the peak falls in the MLP of a full segment's forward, not in attention:
+        # a smaller mask chunk (segments.MASK_ELEMENTS 4M -> 1M) left it unchanged (67.6 vs 67.4 MiB),
+        # so the attention-phase terms (mask, close-time rotations, selection scores) enter as a max.
         seg = min(p.segment, context_len)
-        seen = ((context_len - 1) // p.segment) * p.segment  # closed before the last segment: the largest pool
-        n_vis = max(min(p.tail, seen), min(p.topk * p.block, seen) if n_lr else 0)
-        activations = memory_model.layer_activation_bytes(shape, seg, dtype_bytes)
-        window = token * n_kv * (2 * n_vis + seg)  # visible K/V (gathered, rotated) and cat([visible; segment])
-        rope = 3 * n_kv * seg * shape.head_dim * 4  # float32 temporaries re-rotating a segment's keys at its close
-        group = shape.num_heads // n_kv
-        scores = 3 * n_lr * group * seen * 4 if lr_layers and p.topk else 0  # logits, softmax, group mean over the pool
+        seen = ((context_len - 1) // p.segment) * p.segment  # closed before the last segment opened
+        per_layer = [(i in lr_layers) for i in range(shape.num_layers)]
+        visible = token * sum(self._stored_tokens(seen, False, n_kv, lr_heads, lr) for lr in per_layer)
+        seg_buffer = token * n_kv * p.segment  # one layer's open segment part
+        current = context_len - seen  # tokens of the last forward
+        # A full segment closes in each layer as the forward leaves it: one open buffer at a time.
+        # A partial last segment stays open in every layer, with a smaller forward.
+        full_seg = seg_buffer + self._activation_bytes(shape, seg, dtype_bytes)
+        partial = shape.num_layers * seg_buffer + self._activation_bytes(shape, current, dtype_bytes)
+        working = max(full_seg, partial if current < p.segment else 0)
+        n_win = max(self._stored_tokens(seen, True, 1, [0] if lr and n_lr else [], lr) for lr in per_layer)
+        n_vis = n_win - p.segment  # the longest visible part one head sees
         has_triton = importlib.util.find_spec("triton") is not None
         kernel = device == "cuda" and p.kernel != "torch" and has_triton  # the kernel needs no mask
-        # Masked SDPA chunks (segments.MASK_ELEMENTS): a bool mask, and on the CPU its float copy too.
+        # Attention phase: a bool mask chunk and, on the CPU, SDPA's float copy of it; at a close the
+        # float32 temporaries rotating a segment's keys and the selection's scores over the pool.
         mask = 0 if kernel or n_vis == 0 else min(segments.MASK_ELEMENTS, seg * (n_vis + seg)) * (5 if device == "cpu" else 1)
+        rope = 3 * n_kv * seg * shape.head_dim * 4
+        scores = 3 * n_lr * (shape.num_heads // n_kv) * seen * 4 if lr_layers and p.topk else 0
+        attention_phase = seg_buffer + mask + rope + scores + seg * 4 * dtype_bytes * shape.hidden_size
         off_device = pool if p.pool_device == "cpu" and device != "cpu" else 0
         weights = memory_model.weights_bytes(shape, dtype_bytes)
-        peak = weights + stored - off_device + activations + window + rope + scores + mask + memory_model.logits_bytes(shape)
+        peak = (weights + pool - off_device + visible + max(working, attention_phase)
+                + memory_model.logits_bytes(shape))
         return MemoryEstimate(stored_kv_bytes=stored, peak_prefill_bytes=peak, weights_bytes=weights)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 
@@ -22,6 +22,10 @@ from segbench import hf
 # per element on top of the 1 of the bool mask). Query rows are taken in chunks whose mask holds at
 # most this many elements, so the mask stays ~20 MB whatever the segment and window lengths.
 MASK_ELEMENTS = 1 << 22
+
+# Names the execution rule, recorded with trained checkpoints: before it, the segment's newest query
+# chose the long-range blocks (not causal) and long-range heads had no tail.
+SEGMENTED_RULE = "causal-prefix-v1: previous segment's last query selects; long-range tail"
 
 # The paper's long-range layers for the 32-layer LLaMA-2-7B.
 PAPER_LONG_RANGE_LAYERS = (6, 8, 11, 18)
@@ -164,33 +168,23 @@ def gather_blocks(x_BKLD: torch.Tensor, blocks_BKk: torch.Tensor, block: int) ->
 # Attention over one window
 
 
-def window_attention(
-    module: torch.nn.Module,
-    q_BHLD: torch.Tensor,
-    k_vis_BKVD: torch.Tensor | None,
-    v_vis_BKVD: torch.Tensor | None,
-    k_seg_BKSD: torch.Tensor,
-    v_seg_BKSD: torch.Tensor,
-    scaling: float | None,
-) -> torch.Tensor:
-    """The segment's queries (the last Lq of its S tokens) over [visible; segment]: [B, Lq, Hq, D].
+def window_attention(module: torch.nn.Module, q_BHLD: torch.Tensor, k_BKWD: torch.Tensor, v_BKWD: torch.Tensor,
+                     n_vis: int, scaling: float | None) -> torch.Tensor:
+    """The segment's newest Lq queries over one window [visible; segment so far]: [B, Lq, Hq, D].
 
-    Every visible key is seen; segment keys causally, bottom-right aligned (query row r is segment
-    token S - Lq + r). A whole segment with nothing visible, and a single query, need no mask and
-    take SDPA's own causal / unmasked path, exactly as full attention does. Otherwise an explicit
-    mask, chunked over query rows (`MASK_ELEMENTS`); never is_causal with Lq < Lk, which SDPA would
-    align top-left. K/V stay at the KV heads (hf.segbench_sdpa_forward decides GQA as transformers does).
+    `k_BKWD`/`v_BKWD` are the window as stored (views of the preallocated buffer, nothing is
+    concatenated): the first `n_vis` keys are fully visible, the segment's keys causally,
+    bottom-right aligned (query row r is the window's key W - Lq + r). A whole segment with
+    nothing visible and a single query need no mask and take SDPA's own causal / unmasked path,
+    exactly as full attention does. Otherwise an explicit mask, chunked over query rows
+    (`MASK_ELEMENTS`); never is_causal with Lq < Lk, which SDPA would align top-left. K/V stay at
+    the KV heads (hf.segbench_sdpa_forward decides GQA as transformers does).
     """
-    n_q, n_seg = q_BHLD.shape[2], k_seg_BKSD.shape[2]
-    n_vis = 0 if k_vis_BKVD is None else k_vis_BKVD.shape[2]
-    if (n_vis == 0 and n_q == n_seg) or n_q == 1:
-        k_BKLD = k_seg_BKSD if n_vis == 0 else torch.cat([k_vis_BKVD, k_seg_BKSD], dim=2)
-        v_BKLD = v_seg_BKSD if n_vis == 0 else torch.cat([v_vis_BKVD, v_seg_BKSD], dim=2)
-        return hf.segbench_sdpa_forward(module, q_BHLD, k_BKLD, v_BKLD, None, scaling=scaling)[0]
-    k_BKLD = torch.cat([k_vis_BKVD, k_seg_BKSD], dim=2) if n_vis else k_seg_BKSD
-    v_BKLD = torch.cat([v_vis_BKVD, v_seg_BKSD], dim=2) if n_vis else v_seg_BKSD
-    first_key = n_vis + n_seg - n_q  # key index of query row 0's own token
-    rows = max(1, MASK_ELEMENTS // (n_vis + n_seg))
+    n_q, n_win = q_BHLD.shape[2], k_BKWD.shape[2]
+    if n_q == 1 or (n_vis == 0 and n_q == n_win):
+        return hf.segbench_sdpa_forward(module, q_BHLD, k_BKWD, v_BKWD, None, scaling=scaling)[0]
+    first_key = n_win - n_q  # key index of query row 0's own token
+    rows = max(1, MASK_ELEMENTS // n_win)
     outs = []
     for r0 in range(0, n_q, rows):
         r1 = min(n_q, r0 + rows)
@@ -198,7 +192,7 @@ def window_attention(
         own_R = torch.arange(first_key + r0, end, device=q_BHLD.device)
         mask_RK = torch.arange(end, device=q_BHLD.device)[None, :] <= own_R[:, None]
         outs.append(hf.segbench_sdpa_forward(
-            module, q_BHLD[:, :, r0:r1], k_BKLD[:, :, :end], v_BKLD[:, :, :end], mask_RK, scaling=scaling
+            module, q_BHLD[:, :, r0:r1], k_BKWD[:, :, :end], v_BKWD[:, :, :end], mask_RK, scaling=scaling
         )[0])
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
@@ -214,9 +208,10 @@ class SegmentGeometry(Protocol):
     tail: int
     topk: int
     block: int
+    long_range_tail: bool
 
 
-WindowFn = Callable[..., torch.Tensor]  # (module, q, k_vis, v_vis, k_seg, v_seg, scaling) -> [B, Lq, Hq, D]
+WindowFn = Callable[..., torch.Tensor]  # (module, q, k_window, v_window, n_vis, scaling) -> [B, Lq, Hq, D]
 
 
 @dataclass
@@ -231,80 +226,181 @@ class SegmentedState:
     reserve: int = 0  # pool tokens to reserve at the first close (prefill knows them)
 
 
-class LayerKV:
-    """One decoder layer's segment, tail (local heads) and pool (long-range heads), and its attention."""
+class HeadGroup:
+    """KV heads of one layer that see the same kind of window, and that window's storage.
 
-    def __init__(self, n_kv_heads: int, lr_heads: list[int], pool_device: str) -> None:
-        self.lr_heads = lr_heads
-        self.local_heads = [h for h in range(n_kv_heads) if h not in lr_heads]
-        self.seg_k_BKSD: torch.Tensor | None = None  # current segment, keys rotated at its local positions
-        self.seg_v_BKSD: torch.Tensor | None = None
-        self.tail_k_BKTD: torch.Tensor | None = None  # local heads only; keys rotated to -T..-1
-        self.tail_v_BKTD: torch.Tensor | None = None
-        self.pool = Pool(pool_device) if lr_heads else None  # long-range heads only, pre-RoPE
+    While a segment is open the window lives in ONE preallocated buffer per K and V,
+    [B, H, n_vis + S, D] = [prefix R | tail T | segment S]: new tokens are written in place, the
+    attention reads a view of the filled part, so a decode step copies one token, never the window.
+    Between segments (after a close, before the next token) only the next window's visible part is
+    held, as `prefix` and `tail` tensors of exactly their length; the buffer is allocated when the
+    segment opens (so a prompt ending on a boundary stores no empty segment).
+    """
+
+    def __init__(self, heads: list[int], retrieves: bool, keeps_tail: bool) -> None:
+        self.heads, self.retrieves, self.keeps_tail = heads, retrieves, keeps_tail
+        self.k_BKWD: torch.Tensor | None = None  # the open window's buffers
+        self.v_BKWD: torch.Tensor | None = None
+        self.n_vis = 0  # visible tokens at the front of the open window
+        self.n_tail = 0  # of which the last n_tail are the tail
+        self.prefix_k: torch.Tensor | None = None  # the next window's visible part, between segments
+        self.prefix_v: torch.Tensor | None = None  # retrieved blocks, keys rotated to -(R+T)..-(T+1)
+        self.tail_k: torch.Tensor | None = None  # carried tail, keys rotated to -T..-1
+        self.tail_v: torch.Tensor | None = None
+        self._index: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def index(self, group: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(KV-head index, query-head index) tensors on `device`, built once."""
+        if device not in self._index:
+            self._index[device] = (torch.tensor(self.heads, device=device),
+                                   torch.tensor(query_heads(self.heads, group), device=device))
+        return self._index[device]
 
     def tensors(self) -> list[torch.Tensor]:
-        held = [self.seg_k_BKSD, self.seg_v_BKSD, self.tail_k_BKTD, self.tail_v_BKTD]
-        return [t for t in held if t is not None] + (self.pool.tensors() if self.pool else [])
+        held = [self.k_BKWD, self.v_BKWD, self.prefix_k, self.prefix_v, self.tail_k, self.tail_v]
+        return [t for t in held if t is not None]
+
+    def open(self, k_new_BKLD: torch.Tensor, segment: int) -> None:
+        """Allocate the window [prefix; tail; segment] and move the visible part into it."""
+        parts = [(self.prefix_k, self.prefix_v), (self.tail_k, self.tail_v)]
+        parts = [(k, v) for k, v in parts if k is not None]
+        self.n_vis = sum(k.shape[2] for k, _ in parts)
+        self.n_tail = 0 if self.tail_k is None else self.tail_k.shape[2]
+        b, _, _, d = k_new_BKLD.shape
+        self.k_BKWD = k_new_BKLD.new_empty((b, len(self.heads), self.n_vis + segment, d))
+        self.v_BKWD = torch.empty_like(self.k_BKWD)
+        at = 0
+        for k, v in parts:
+            self.k_BKWD[:, :, at : at + k.shape[2]] = k
+            self.v_BKWD[:, :, at : at + k.shape[2]] = v
+            at += k.shape[2]
+        self.prefix_k = self.prefix_v = self.tail_k = self.tail_v = None
+
+    def write(self, k_BKLD: torch.Tensor, v_BKLD: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new tokens at segment position `start`; the window up to them (views)."""
+        at, end = self.n_vis + start, self.n_vis + start + k_BKLD.shape[2]
+        self.k_BKWD[:, :, at:end] = k_BKLD
+        self.v_BKWD[:, :, at:end] = v_BKLD
+        return self.k_BKWD[:, :, :end], self.v_BKWD[:, :, :end]
+
+    def segment_kv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k_BKWD[:, :, self.n_vis :], self.v_BKWD[:, :, self.n_vis :]
+
+    def close_tail(self, p: SegmentGeometry, rope: Rope, detach_older: bool = True) -> None:
+        """The next tail: the last M tokens of [tail; segment], moved by -S (one rotation per close).
+
+        Gradient rule: only the closing segment's own KV keeps autograd; tail tokens carried from
+        older segments are detached here, so a later segment's loss reaches back one segment only.
+        """
+        take = min(p.tail, self.n_tail + p.segment) if self.keeps_tail else 0
+        if take == 0:
+            return
+        seg_start = self.n_vis  # window index of the segment's first token
+        from_old = max(0, take - p.segment)
+        k_parts, v_parts = [], []
+        if from_old:
+            k_old, v_old = self.k_BKWD[:, :, seg_start - from_old : seg_start], self.v_BKWD[:, :, seg_start - from_old : seg_start]
+            k_parts.append(k_old.detach() if detach_older else k_old)
+            v_parts.append(v_old.detach() if detach_older else v_old)
+        k_parts.append(self.k_BKWD[:, :, seg_start + p.segment - (take - from_old) :])
+        v_parts.append(self.v_BKWD[:, :, seg_start + p.segment - (take - from_old) :])
+        # A copy either way (cat, or the rotation's output; .clone for the values), so the tail owns
+        # exactly its T tokens and no view pins the closed window's buffer.
+        self.tail_k = rope.shift(torch.cat(k_parts, dim=2) if from_old else k_parts[0], -p.segment)
+        self.tail_v = torch.cat(v_parts, dim=2) if from_old else v_parts[0].clone()
+
+    def release(self) -> None:
+        self.k_BKWD = self.v_BKWD = None
+        self.n_vis = self.n_tail = 0
+
+
+class LayerKV:
+    """One decoder layer: its head groups (local heads; long-range heads) and the long-range pool.
+
+    Gradient rule (training runs this same code with autograd): a segment's loss reaches the KV
+    carried from the immediately preceding segment (its tail) and nothing older: the pool and the
+    prefix gathered from it are detached, and tail tokens of older segments are detached when a
+    segment closes. The two class flags exist for tests' controls only.
+
+    Local heads see [tail; segment]. Long-range heads see [prefix; tail; segment] (`long_range_tail`,
+    else [prefix; segment]); the prefix is chosen once per segment, when the previous one closes, by
+    that segment's last query (see `_select`), so every token of a segment, in prefill and in decode,
+    sees the same blocks, and none was chosen by a token after it.
+    """
+
+    def __init__(self, n_kv_heads: int, lr_heads: list[int], pool_device: str, long_range_tail: bool = True) -> None:
+        self.lr_heads = lr_heads
+        self.local_heads = [h for h in range(n_kv_heads) if h not in lr_heads]
+        self.groups: list[HeadGroup] = []
+        if self.local_heads:
+            self.groups.append(HeadGroup(self.local_heads, retrieves=False, keeps_tail=True))
+        self.lr_group = HeadGroup(lr_heads, retrieves=True, keeps_tail=long_range_tail) if lr_heads else None
+        if self.lr_group:
+            self.groups.append(self.lr_group)
+        self.pool = Pool(pool_device) if lr_heads else None  # long-range heads only, pre-RoPE, detached
+
+    detach_pool: ClassVar[bool] = True
+    detach_older_tail: ClassVar[bool] = True
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for g in self.groups for t in g.tensors()] + (self.pool.tensors() if self.pool else [])
 
     def attend(self, module, q_BHLD, k_BKLD, v_BKLD, scaling: float, state: SegmentedState) -> torch.Tensor:
         """The new tokens' attention, [B, Lq, Hq, D]; q/k arrive rotated at their segment-local positions."""
-        if self.seg_k_BKSD is not None:
-            k_BKLD = torch.cat([self.seg_k_BKSD, k_BKLD], dim=2)
-            v_BKLD = torch.cat([self.seg_v_BKSD, v_BKLD], dim=2)
-        self.seg_k_BKSD, self.seg_v_BKSD = k_BKLD, v_BKLD
-        group = q_BHLD.shape[1] // k_BKLD.shape[1]
-        parts = []  # (KV heads, their visible keys, values)
-        if self.local_heads:
-            parts.append((self.local_heads, self.tail_k_BKTD, self.tail_v_BKTD))
-        if self.lr_heads:
-            parts.append((self.lr_heads, *self._retrieve(q_BHLD, group, scaling, state)))
-        if len(parts) == 1:  # one kind of head: no gathering of heads at all
-            out_BLHD = state.window(module, q_BHLD, parts[0][1], parts[0][2], k_BKLD, v_BKLD, scaling)
-        else:
-            out_BLHD = q_BHLD.new_empty(q_BHLD.shape[0], q_BHLD.shape[2], q_BHLD.shape[1], q_BHLD.shape[3])
-            for heads, k_vis, v_vis in parts:
-                kv_idx = torch.tensor(heads, device=q_BHLD.device)
-                q_idx = torch.tensor(query_heads(heads, group), device=q_BHLD.device)
-                out_BLHD[:, :, q_idx] = state.window(
-                    module, q_BHLD.index_select(1, q_idx), k_vis, v_vis,
-                    k_BKLD.index_select(1, kv_idx), v_BKLD.index_select(1, kv_idx), scaling,
-                )
-        if k_BKLD.shape[2] == state.params.segment:
-            self._close(state)
+        p, start = state.params, state.seg_len
+        n_kv = len(self.local_heads) + len(self.lr_heads)
+        group = q_BHLD.shape[1] // n_kv
+        single = len(self.groups) == 1  # one kind of head: no gathering of heads at all
+        out_BLHD = None if single else q_BHLD.new_empty(q_BHLD.shape[0], q_BHLD.shape[2], q_BHLD.shape[1], q_BHLD.shape[3])
+        for g in self.groups:
+            kv_idx, q_idx = g.index(group, q_BHLD.device)
+            k_g, v_g, q_g = (k_BKLD, v_BKLD, q_BHLD) if single else (
+                k_BKLD.index_select(1, kv_idx), v_BKLD.index_select(1, kv_idx), q_BHLD.index_select(1, q_idx))
+            if start == 0:
+                g.open(k_g, p.segment)
+            k_win, v_win = g.write(k_g, v_g, start)
+            out_g = state.window(module, q_g, k_win, v_win, g.n_vis, scaling)
+            if single:
+                out_BLHD = out_g
+            else:
+                out_BLHD[:, :, q_idx] = out_g
+        if start + k_BKLD.shape[2] == p.segment:
+            self._close(q_BHLD[:, :, -1:], group, scaling, state)
         return out_BLHD
 
-    def _retrieve(self, q_BHLD, group: int, scaling: float, state: SegmentedState):
-        """Prefix of the long-range heads, picked by the segment's newest query, keys at -R..-1."""
-        p = state.params
-        if self.pool.length == 0 or p.topk == 0:
-            return None, None
-        q_idx = torch.tensor(query_heads(self.lr_heads, group), device=q_BHLD.device)
-        newest = self.seg_k_BKSD.shape[2] - 1  # local position of the segment's newest query
-        q_pre_BH1D = state.rope.unrotate(q_BHLD[:, :, -1:].index_select(1, q_idx), newest)
-        k_pool_BKLD, v_pool_BKLD = self.pool.filled()
-        blocks_BKk = select_blocks(q_pre_BH1D[:, :, 0].to(self.pool.device), k_pool_BKLD, p.block, p.topk, scaling)
-        k_pre_BKRD = gather_blocks(k_pool_BKLD, blocks_BKk, p.block).to(q_BHLD.device)
-        v_BKRD = gather_blocks(v_pool_BKLD, blocks_BKk, p.block).to(q_BHLD.device)
-        return state.rope.rotate(k_pre_BKRD, -k_pre_BKRD.shape[2]), v_BKRD
-
-    def _close(self, state: SegmentedState) -> None:
-        """The segment is full: its last tokens join the tail (local heads), all of it the pool (long-range)."""
+    def _close(self, q_last_BH1D: torch.Tensor, group: int, scaling: float, state: SegmentedState) -> None:
+        """The segment is full: tails move on, the long-range heads' segment joins the pool, and
+        the next segment's prefix is chosen by this segment's last query."""
         p, rope = state.params, state.rope
-        if self.local_heads and p.tail:
-            idx = torch.tensor(self.local_heads, device=self.seg_k_BKSD.device)
-            seg_k, seg_v = self.seg_k_BKSD.index_select(1, idx), self.seg_v_BKSD.index_select(1, idx)
-            old = 0 if self.tail_k_BKTD is None else self.tail_k_BKTD.shape[2]
-            keep = min(old, max(0, p.tail - p.segment))  # old tail tokens still among the last M
-            take = min(p.tail, p.segment)
-            k_parts = [self.tail_k_BKTD[:, :, old - keep :]] if keep else []
-            v_parts = [self.tail_v_BKTD[:, :, old - keep :]] if keep else []
-            # torch.cat copies, so the new tail owns exactly its M tokens (no view pins the segment).
-            # The next segment starts S later: every tail key moves by -S, one rotation per close.
-            self.tail_k_BKTD = rope.shift(torch.cat([*k_parts, seg_k[:, :, p.segment - take :]], dim=2), -p.segment)
-            self.tail_v_BKTD = torch.cat([*v_parts, seg_v[:, :, p.segment - take :]], dim=2)
-        if self.lr_heads:
-            idx = torch.tensor(self.lr_heads, device=self.seg_k_BKSD.device)
-            k_pre = rope.unrotate(self.seg_k_BKSD.index_select(1, idx), 0)  # a closed segment sat at 0..S-1
-            self.pool.append(k_pre, self.seg_v_BKSD.index_select(1, idx), state.reserve)
-        self.seg_k_BKSD = self.seg_v_BKSD = None
+        for g in self.groups:
+            g.close_tail(p, rope, self.detach_older_tail)
+        if self.lr_group is not None:
+            seg_k, seg_v = self.lr_group.segment_kv()
+            # A closed segment sat at 0..S-1. The pool is read-only for gradients: detached.
+            k_pre = rope.unrotate(seg_k, 0)
+            if self.detach_pool:
+                k_pre, seg_v = k_pre.detach(), seg_v.detach()
+            self.pool.append(k_pre, seg_v, state.reserve)
+            _, q_idx = self.lr_group.index(group, q_last_BH1D.device)
+            q_pre_BH1D = rope.unrotate(q_last_BH1D.index_select(1, q_idx), p.segment - 1)
+            self._select(q_pre_BH1D[:, :, 0], scaling, state)
+        for g in self.groups:
+            g.release()
+
+    def _select(self, q_pre_BHD: torch.Tensor, scaling: float, state: SegmentedState) -> None:
+        """The next segment's prefix: the top-k pool blocks for the closing segment's last query.
+
+        Blocks that overlap the long-range heads' own tail are not candidates (their tokens are
+        already visible); the pool's other blocks, the just-closed segment's included, are.
+        """
+        p, g = state.params, self.lr_group
+        n_tail = 0 if g.tail_k is None else g.tail_k.shape[2]
+        n_blocks = (self.pool.length - n_tail) // p.block
+        if n_blocks <= 0 or p.topk == 0:
+            return
+        k_pool_BKLD, v_pool_BKLD = self.pool.filled()
+        k_pool_BKLD, v_pool_BKLD = k_pool_BKLD[:, :, : n_blocks * p.block], v_pool_BKLD[:, :, : n_blocks * p.block]
+        blocks_BKk = select_blocks(q_pre_BHD.to(self.pool.device), k_pool_BKLD, p.block, p.topk, scaling)
+        k_pre_BKRD = gather_blocks(k_pool_BKLD, blocks_BKk, p.block).to(q_pre_BHD.device)
+        g.prefix_v = gather_blocks(v_pool_BKLD, blocks_BKk, p.block).to(q_pre_BHD.device)
+        g.prefix_k = state.rope.rotate(k_pre_BKRD, -(k_pre_BKRD.shape[2] + n_tail))

@@ -22,6 +22,8 @@ from segbench.method import Unsupported, make_method
 from segbench.models import shape_of
 from segbench.segments import Rope, select_blocks
 
+from .conftest import TINY_PRESETS
+
 PRESET = "tiny-llama"  # 4 layers, 8 query / 2 KV heads, head_dim 32
 
 
@@ -103,38 +105,63 @@ def test_rope_unrotate_and_shift_invert_the_models_rotation():
     torch.testing.assert_close(rope.shift(rotated, -20), _rope_ref(k_pre, torch.arange(-13, -8)), rtol=0, atol=1e-5)
 
 
-def test_long_range_window_is_renumbered_from_zero():
-    """A segment's long-range heads = attention over [picked blocks; segment] at positions 0..V+S-1."""
+@pytest.mark.parametrize("tail", [0, 4])
+def test_prefix_is_chosen_by_the_previous_segments_last_query_and_renumbered(tail):
+    """Segment 1 retrieves nothing (no segment closed before it opened); its close picks, with its
+    last query, the blocks segment 2 sees, and segment 2's own queries play no part in the choice.
+    Long-range heads see [picked blocks; tail; segment] at positions 0..V+S-1."""
     g = torch.Generator().manual_seed(1)
     block, seg_len, n_blocks, dim = 4, 8, 5, 32
-    params = make_method("segmented", {"segment": seg_len, "block": block, "topk": 2, "tail": 0}).params
+    params = make_method("segmented", {"segment": seg_len, "block": block, "topk": 2, "tail": tail}).params
     state = _one_layer_state(params, lr_heads=[0, 1])
-    q_pre = torch.randn(1, 8, seg_len, dim, generator=g)
-    k_pre, v_seg = torch.randn(1, 2, seg_len, dim, generator=g), torch.randn(1, 2, seg_len, dim, generator=g)
+    q1, q2 = torch.randn(1, 8, seg_len, dim, generator=g), torch.randn(1, 8, seg_len, dim, generator=g)
+    k1, k2 = torch.randn(1, 2, seg_len, dim, generator=g), torch.randn(1, 2, seg_len, dim, generator=g)
+    v1, v2 = torch.randn(1, 2, seg_len, dim, generator=g), torch.randn(1, 2, seg_len, dim, generator=g)
     k_pool, v_pool = torch.randn(1, 2, n_blocks * block, dim, generator=g), torch.randn(1, 2, n_blocks * block, dim, generator=g)
-    # Make the last query of KV head 0's group point at blocks 1 and 3, head 1's at blocks 0 and 4.
-    for head, picks in ((0, (1, 3)), (1, (0, 4))):
-        for b in picks:
-            k_pool[0, head, b * block + 2] = 4 * q_pre[0, head * 4 : head * 4 + 4, -1].mean(0)
+    # Segment 1's last query of KV head 0's group points at blocks 1 and 3, head 1's at 0 and 4;
+    # segment 2's last query points elsewhere (block 2), which must not matter.
+    picks = {0: (1, 3), 1: (0, 4)}
+    for head, chosen in picks.items():
+        for b in chosen:
+            k_pool[0, head, b * block + 2] = 4 * q1[0, head * 4 : head * 4 + 4, -1].mean(0)
+        k_pool[0, head, 2 * block + 1] = 8 * q2[0, head * 4 : head * 4 + 4, -1].mean(0)
     state.layers[0].pool.append(k_pool, v_pool)
     positions = torch.arange(seg_len)
-    out_BLHD = state.layers[0].attend(
-        _Attn(), _rope_ref(q_pre, positions), _rope_ref(k_pre, positions), v_seg, dim**-0.5, state
-    )
+    out1 = state.layers[0].attend(_Attn(), _rope_ref(q1, positions), _rope_ref(k1, positions), v1, dim**-0.5, state)
+    causal = positions[None, :] <= positions[:, None]
+    want1 = _attention_ref(_rope_ref(q1, positions), _rope_ref(k1, positions), v1, causal)
+    torch.testing.assert_close(out1.transpose(1, 2), want1, rtol=1e-5, atol=1e-5)  # nothing visible
+    out2 = state.layers[0].attend(_Attn(), _rope_ref(q2, positions), _rope_ref(k2, positions), v2, dim**-0.5, state)
 
-    for head, picks in ((0, (1, 3)), (1, (0, 4))):
-        tokens = torch.cat([torch.arange(b * block, (b + 1) * block) for b in picks])
-        n_vis = len(tokens)
-        k_win = torch.cat([k_pool[:, head : head + 1, tokens], k_pre[:, head : head + 1]], dim=2)
-        v_win = torch.cat([v_pool[:, head : head + 1, tokens], v_seg[:, head : head + 1]], dim=2)
+    for head, chosen in picks.items():
+        tokens = torch.cat([torch.arange(b * block, (b + 1) * block) for b in chosen])
+        hs = slice(head, head + 1)
+        k_win = torch.cat([k_pool[:, hs, tokens], k1[:, hs, seg_len - tail :], k2[:, hs]], dim=2)
+        v_win = torch.cat([v_pool[:, hs, tokens], v1[:, hs, seg_len - tail :], v2[:, hs]], dim=2)
+        n_vis = len(tokens) + tail
         window = torch.arange(n_vis + seg_len)
         visible = window[None, :] <= window[n_vis:, None]
-        q_group = q_pre[:, head * 4 : head * 4 + 4]
+        q_group = q2[:, head * 4 : head * 4 + 4]
         want = _attention_ref(_rope_ref(q_group, window[n_vis:]), _rope_ref(k_win, window), v_win, visible)
-        torch.testing.assert_close(out_BLHD[:, :, head * 4 : head * 4 + 4].transpose(1, 2), want, rtol=1e-5, atol=1e-5)
-    # The segment was full: it closed into the pool, pre-RoPE.
-    assert state.layers[0].pool.length == n_blocks * block + seg_len
-    torch.testing.assert_close(state.layers[0].pool.filled()[0][:, :, -seg_len:], k_pre, rtol=0, atol=1e-5)
+        torch.testing.assert_close(out2[:, :, head * 4 : head * 4 + 4].transpose(1, 2), want, rtol=1e-5, atol=1e-5)
+    # Both segments closed into the pool, pre-RoPE.
+    assert state.layers[0].pool.length == n_blocks * block + 2 * seg_len
+    torch.testing.assert_close(state.layers[0].pool.filled()[0][:, :, -seg_len:], k2, rtol=0, atol=1e-5)
+
+
+def test_blocks_inside_the_long_range_tail_are_not_candidates():
+    """With a tail the just-closed segment's last blocks are already visible: never retrieved twice."""
+    g = torch.Generator().manual_seed(6)
+    block, seg_len, dim = 4, 8, 32
+    params = make_method("segmented", {"segment": seg_len, "block": block, "topk": 1, "tail": 4}).params
+    state = _one_layer_state(params, lr_heads=[0, 1])
+    q1, k1, v1 = torch.randn(1, 8, seg_len, dim, generator=g), torch.randn(1, 2, seg_len, dim, generator=g), torch.randn(1, 2, seg_len, dim, generator=g)
+    k1[0, :, 6] = 10 * q1[0, :, -1].view(2, 4, dim).mean(1)  # the tail's block would win by far
+    positions = torch.arange(seg_len)
+    state.layers[0].attend(_Attn(), _rope_ref(q1, positions), _rope_ref(k1, positions), v1, dim**-0.5, state)
+    group = state.layers[0].lr_group
+    assert group.prefix_k.shape[2] == block and group.tail_k.shape[2] == 4
+    torch.testing.assert_close(group.prefix_v, v1[:, :, :block])  # block 0, the only candidate
 
 
 def _one_layer_state(params, lr_heads):
@@ -159,12 +186,14 @@ def _window_mask_attention(segment: int, tail: int, lr_layers, lr_heads):
     return attention
 
 
-@pytest.mark.parametrize("lr_heads", [[0], "all"])
-def test_generation_equals_full_model_under_the_segment_masks(lr_heads):
-    """Prefill + decode through 4 segment closes (tail carried, all blocks retrieved) vs a one-shot
-    reference with per-head window masks, at every step."""
+@pytest.mark.parametrize("lr_heads, lr_tail", [([0], True), ("all", True), ("all", False)])
+def test_generation_equals_full_model_under_the_segment_masks(lr_heads, lr_tail):
+    """Prefill + decode through 4 segment closes (tail carried, every candidate block retrieved) vs
+    a one-shot reference with per-head window masks, at every step. With all blocks retrieved a
+    long-range head sees every earlier token, whether the tail or the pool shows it."""
     segment, tail = 48, 16
-    params = {"segment": segment, "tail": tail, "topk": 32, "block": 8, "long_range_layers": [1], "long_range_heads": lr_heads}
+    params = {"segment": segment, "tail": tail, "topk": 32, "block": 8, "long_range_layers": [1],
+              "long_range_heads": lr_heads, "long_range_tail": lr_tail}
     model = _model()
     ids = torch.randint(3, 4096, (1, 150), generator=torch.Generator().manual_seed(2))
     method = make_method("segmented", params)
@@ -187,10 +216,138 @@ def test_generation_equals_full_model_under_the_segment_masks(lr_heads):
 
 
 # --------------------------------------------------------------------------------------------
+# Invariants on every tiny family: causality, prefill == decode, degenerate == full.
+# Tolerance: 2x the error plain fp32 full attention makes against fp64 on the same input, plus a
+# floor of 1e-6 of the magnitude; never an absolute constant.
+
+PROMPT = 200
+SMALL = {"segment": 32, "tail": 16, "topk": 2, "block": 8}
+SMALL_VARIANTS = {
+    "mixed-heads": {**SMALL, "long_range_layers": [1, 2], "long_range_heads": [0]},
+    "all-heads-no-tail": {**SMALL, "long_range_layers": [1], "long_range_heads": "all", "long_range_tail": False},
+}
+
+
+@cache
+def _family(preset: str, dtype: str = "float32"):
+    model = hf.build_model(preset, dtype="float32", device="cpu", seed=0)
+    return model.double() if dtype == "float64" else model
+
+
+def _ids(preset: str, n: int = PROMPT + 8) -> torch.Tensor:
+    return torch.randint(3, shape_of(preset).vocab_size, (1, n), generator=torch.Generator().manual_seed(7))
+
+
+def _prefill_hidden(method, model, ids) -> torch.Tensor:
+    """Final hidden states [L, H] at every position of the adapter's prefill (a hook on the final norm)."""
+    outs = []
+    hook = model.model.norm.register_forward_hook(lambda mod, args, out: outs.append(out[0].double()))
+    try:
+        with torch.inference_mode():
+            method.prefill(model, ids)
+    finally:
+        hook.remove()
+    return torch.cat(outs, dim=0)
+
+
+def _setup(name: str, params: dict, model):
+    method = make_method(name, params)
+    method.setup(model, device="cpu", dtype="float32")
+    return method
+
+
+@cache
+def _hidden_bar(preset: str) -> tuple[float, float]:
+    """(max |fp32 - fp64| of full attention's final hidden states, their magnitude) on the prompt."""
+    ids = _ids(preset)[:, :PROMPT]
+    h32 = _prefill_hidden(_setup("full", {}, _family(preset)), _family(preset), ids)
+    h64 = _prefill_hidden(_setup("full", {}, _family(preset, "float64")), _family(preset, "float64"), ids)
+    return (h32 - h64).abs().max().item(), h64.abs().max().item()
+
+
+# Prefill 188, decode 8: the lengths checked lie before, at (192) and after the segment close.
+START, STEPS, CHECKED = 188, 8, (188, 191, 192, 193, 196)
+
+
+@cache
+def _logit_bar(preset: str) -> tuple[float, float]:
+    """(max |fp32 - fp64| of full attention's last logits over the CHECKED prefill lengths, magnitude)."""
+    ids = _ids(preset)
+    errs, mags = [], []
+    for n in CHECKED:
+        with torch.inference_mode():
+            a = _setup("full", {}, _family(preset)).prefill(_family(preset), ids[:, :n]).logits.double()
+            b = _setup("full", {}, _family(preset, "float64")).prefill(_family(preset, "float64"), ids[:, :n]).logits
+        errs.append((a - b).abs().max().item())
+        mags.append(b.abs().max().item())
+    return max(errs), max(mags)
+
+
+@pytest.mark.parametrize("variant", sorted(SMALL_VARIANTS))
+@pytest.mark.parametrize("preset", TINY_PRESETS)
+def test_appending_tokens_never_changes_an_earlier_position(preset, variant):
+    """Causality, within a segment (cut at 197 and 200: segment 192..223) and across segments
+    (cut at 150, at 128 = a boundary, at 100): the hidden state at p depends on tokens <= p only."""
+    bar, scale = _hidden_bar(preset)  # first: it sets the shared model to full attention
+    model = _family(preset)
+    method = _setup("segmented", SMALL_VARIANTS[variant], model)
+    ids = _ids(preset)[:, :PROMPT]
+    whole = _prefill_hidden(method, model, ids)
+    for cut in (197, 150, 128, 100):
+        part = _prefill_hidden(method, model, ids[:, :cut])
+        err = (part - whole[:cut]).abs().max().item()
+        assert err <= 2 * bar + 1e-6 * scale, f"cut {cut}: {err:.2e} vs fp32 full {bar:.2e}"
+
+
+@pytest.mark.parametrize("variant", sorted(SMALL_VARIANTS))
+@pytest.mark.parametrize("preset", TINY_PRESETS)
+def test_prefill_then_decode_equals_a_longer_prefill(preset, variant):
+    """prefill(N) + k decode steps == prefill(N + k), N = 188: k = 0..8 crosses the close at 192."""
+    bar, scale = _logit_bar(preset)
+    model = _family(preset)
+    params = SMALL_VARIANTS[variant]
+    ids = _ids(preset)
+    decoded = _decoded_logits("segmented", params, model, ids)
+    method = _setup("segmented", params, model)
+    with torch.inference_mode():
+        prefilled = {n: method.prefill(model, ids[:, :n]).logits for n in CHECKED}
+    for n, want in prefilled.items():
+        err = (decoded[n] - want).abs().max().item()
+        assert err <= 2 * bar + 1e-6 * scale, f"length {n}: {err:.2e} vs fp32 full {bar:.2e}"
+
+
+def _decoded_logits(name: str, params: dict, model, ids) -> dict[int, torch.Tensor]:
+    """Last logits after prefill(START) and after each of STEPS teacher-forced decode steps, by length."""
+    method = _setup(name, params, model)
+    with torch.inference_mode():
+        gen = method.prefill(model, ids[:, :START])
+        out = {START: gen.logits}
+        for j in range(STEPS):
+            gen = method.decode(model, ids[:, START + j : START + j + 1], gen)
+            out[START + j + 1] = gen.logits
+    return out
+
+
+@pytest.mark.parametrize("preset", TINY_PRESETS)
+def test_one_segment_covering_everything_is_full_attention(preset):
+    """segment >= length: nothing closes, nothing is retrieved or carried, whatever tail and topk say."""
+    bar, scale = _logit_bar(preset)
+    ids = _ids(preset)
+    params = {**SMALL, "segment": 256, "long_range_layers": [1, 2], "long_range_heads": [0]}
+    got = _decoded_logits("segmented", params, _family(preset), ids)
+    full64 = _setup("full", {}, _family(preset, "float64"))
+    with torch.inference_mode():
+        truth = {n: full64.prefill(_family(preset, "float64"), ids[:, :n]).logits for n in CHECKED}
+    for n, want in truth.items():
+        err = (got[n].double() - want).abs().max().item()
+        assert err <= 2 * bar + 1e-6 * scale, f"length {n}: {err:.2e} vs fp32 full {bar:.2e}"
+
+
+# --------------------------------------------------------------------------------------------
 # Closing segments during decode, and the stored bytes
 
 
-def test_segment_closes_during_decode():
+def test_segment_closes_during_decode_and_decode_writes_in_place():
     params = {"segment": 16, "tail": 6, "topk": 1, "block": 4, "long_range_layers": [0], "long_range_heads": [0]}
     model = _model()
     method = make_method("segmented", params)
@@ -200,28 +357,40 @@ def test_segment_closes_during_decode():
     with torch.inference_mode():
         gen = method.prefill(model, ids)
         layer = gen.state.layers[0]
-        assert (gen.state.seg_len, layer.pool.length, layer.seg_k_BKSD.shape[2], layer.tail_k_BKTD.shape[2]) == (14, 16, 14, 6)
+        local, lr = layer.groups
+        assert (local.heads, lr.heads) == ([1], [0])
+        # Local head: [tail 6; segment 16]. Long-range head: [1 block of 4; tail 6; segment 16].
+        assert (gen.state.seg_len, layer.pool.length) == (14, 16)
+        assert (local.k_BKWD.shape[2], local.n_vis, lr.k_BKWD.shape[2], lr.n_vis) == (22, 6, 26, 10)
         assert method.kv_cache_bytes(gen) == method.estimate(shape, 30, 4, "cpu").stored_kv_bytes
+        buffers = [t.data_ptr() for t in (local.k_BKWD, local.v_BKWD, lr.k_BKWD, lr.v_BKWD)]
         for n in (31, 32, 33):
             token = gen.logits.argmax(-1, keepdim=True)
             ids = torch.cat([ids, token], dim=1)
             gen = method.decode(model, token, gen)
             assert method.kv_cache_bytes(gen) == method.estimate(shape, n, 4, "cpu").stored_kv_bytes
-            if n == 32:  # the second segment just closed
-                assert gen.state.seg_len == 0 and layer.seg_k_BKSD is None and layer.pool.length == 32
-                assert layer.pool.k_BHLD.shape[2] == 32  # grown by exactly one segment
-        assert gen.state.seg_len == 1 and layer.seg_k_BKSD.shape[2] == 1
+            if n == 31:  # the token went into the same buffers: no copy of the window
+                assert [t.data_ptr() for t in (local.k_BKWD, local.v_BKWD, lr.k_BKWD, lr.v_BKWD)] == buffers
+            if n == 32:  # the second segment just closed: only the next window's visible part is held
+                assert gen.state.seg_len == 0 and local.k_BKWD is None and lr.k_BKWD is None
+                assert layer.pool.length == 32 and layer.pool.k_BHLD.shape[2] == 32  # grown by exactly one segment
+                assert local.tail_k.shape[2] == 6 and lr.tail_k.shape[2] == 6 and lr.prefix_k.shape[2] == 4
+        assert gen.state.seg_len == 1 and lr.n_vis == 10 and lr.k_BKWD.shape[2] == 26
         # Layer 0's K/V depend on the tokens alone: recompute them from the embeddings.
         attn = model.model.layers[0].self_attn
-        x = model.model.layers[0].input_layernorm(model.model.embed_tokens(ids[:, :32]))
-        k_pre = attn.k_proj(x).view(1, 32, 2, 32).transpose(1, 2)
-        v = attn.v_proj(x).view(1, 32, 2, 32).transpose(1, 2)
+        x = model.model.layers[0].input_layernorm(model.model.embed_tokens(ids[:, :33]))
+        k_pre = attn.k_proj(x).view(1, 33, 2, 32).transpose(1, 2)
+        v = attn.v_proj(x).view(1, 33, 2, 32).transpose(1, 2)
     pool_k, pool_v = layer.pool.filled()
-    torch.testing.assert_close(pool_k, k_pre[:, :1], rtol=0, atol=1e-5)  # head 0: long-range, pre-RoPE
-    torch.testing.assert_close(pool_v, v[:, :1], rtol=0, atol=1e-6)  # GEMM shapes differ: last bits only
-    tail_want = _rope_ref(k_pre[:, 1:, 26:32], torch.arange(-6, 0))  # head 1: local, at -6..-1
-    torch.testing.assert_close(layer.tail_k_BKTD, tail_want, rtol=0, atol=1e-5)
-    torch.testing.assert_close(layer.tail_v_BKTD, v[:, 1:, 26:32], rtol=0, atol=1e-6)
+    torch.testing.assert_close(pool_k, k_pre[:, :1, :32], rtol=0, atol=1e-5)  # head 0: long-range, pre-RoPE
+    torch.testing.assert_close(pool_v, v[:, :1, :32], rtol=0, atol=1e-6)  # GEMM shapes differ: last bits only
+    for heads, group, at in ((slice(1, 2), local, 0), (slice(0, 1), lr, 4)):  # tails at -6..-1
+        torch.testing.assert_close(group.k_BKWD[:, :, at : at + 6], _rope_ref(k_pre[:, heads, 26:32], torch.arange(-6, 0)), rtol=0, atol=1e-5)
+        torch.testing.assert_close(group.v_BKWD[:, :, at : at + 6], v[:, heads, 26:32], rtol=0, atol=1e-6)
+    # The long-range prefix: one of the 6 candidate blocks (tokens 0..23), rotated to -10..-7.
+    start = next(b * 4 for b in range(6) if torch.allclose(lr.v_BKWD[:, :, :4], v[:, :1, b * 4 : b * 4 + 4], atol=1e-6))
+    torch.testing.assert_close(lr.k_BKWD[:, :, :4], _rope_ref(k_pre[:, :1, start : start + 4], torch.arange(-10, -6)), rtol=0, atol=1e-5)
+    torch.testing.assert_close(lr.k_BKWD[:, :, 10:11], _rope_ref(k_pre[:, :1, 32:33], torch.arange(1)), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -231,6 +400,8 @@ def test_segment_closes_during_decode():
         ({"segment": 32, "tail": 8, "topk": 2, "block": 8, "long_range_layers": [0, 3]}, 77),
         ({"segment": 32, "tail": 8, "topk": 2, "block": 8, "long_range_heads": [1], "pool_device": "cpu"}, 50),
         ({"segment": 32, "tail": 0, "topk": 0, "block": 8, "long_range_layers": []}, 70),
+        ({"segment": 32, "tail": 12, "topk": 3, "block": 8, "long_range_tail": False}, 100),
+        ({"segment": 32, "tail": 12, "topk": 3, "block": 8, "long_range_heads": [0]}, 64),
     ],
 )
 def test_stored_bytes_equal_the_estimate(params, length):

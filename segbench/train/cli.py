@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def train_one(cfg: TrainConfig, run: RunConfig, progress: bool) -> dict:
     """Train `run`, save its checkpoint with the record `segbench_train.json`; returns the record."""
+    from segbench.segments import SEGMENTED_RULE
     from segbench.train.evaluate import fixed_sample_scores
     from segbench.train.loop import train_run
     from segbench.train.model import save_checkpoint
@@ -46,6 +47,9 @@ def train_one(cfg: TrainConfig, run: RunConfig, progress: bool) -> dict:
         "first_answer_loss": result.first_loss, "final_answer_loss": result.last_loss,
         # What a reload must reproduce (tests/test_train.py checks it on the shipped checkpoints).
         "fixed_sample": fixed_sample_scores(result.model, cfg),
+        # Which segmented execution trained and scored it (a checkpoint from an older rule reloads
+        # fine, but its segmented score is not comparable).
+        "segmented_rule": SEGMENTED_RULE,
     }
     save_checkpoint(result.model, out, record)
     return record

@@ -35,12 +35,13 @@ class SegmentedConfig:
     block: int = 16
     long_range_layers: tuple[int, ...] = (1,)
     long_range_heads: Literal["all"] | tuple[int, ...] = "all"
+    long_range_tail: bool = True
 
     def method_params(self) -> dict:
         """Parameters for `make_method("segmented", ...)`; the torch kernel, so training and eval share code."""
         heads = self.long_range_heads if self.long_range_heads == "all" else list(self.long_range_heads)
         return {"segment": self.segment, "tail": self.tail, "topk": self.topk, "block": self.block,
-                "long_range_layers": list(self.long_range_layers), "long_range_heads": heads, "kernel": "torch"}
+                "long_range_layers": list(self.long_range_layers), "long_range_heads": heads, "long_range_tail": self.long_range_tail, "kernel": "torch"}
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,12 @@
 """Training forwards with autograd: full causal attention, or segmented execution.
 
 The segmented forward IS the inference adapter's prefill: the same `segments.LayerKV` windows, the
-same registered attention function, one model forward per segment at segment-local positions. Two
-differences only, both the paper's: it keeps every position's hidden state (the adapter keeps the
-last logits), and the read-only pool stores detached keys and values, so the retrieved prefix
-carries no gradient while the carried tail (kept with autograd by `LayerKV._close`) does.
+same block selection (fixed per segment, chosen by the previous segment's last query), the same
+registered attention function, one model forward per segment at segment-local positions. The only
+difference is that it keeps every position's hidden state (the adapter keeps the last logits).
+The gradient rule lives in `segments.LayerKV`, not here, so it cannot drift from inference: the
+pool and the retrieved prefix are detached, the tail carried from the immediately preceding
+segment keeps autograd, tail tokens of older segments are detached when a segment closes.
 """
 
 from __future__ import annotations
@@ -20,19 +22,6 @@ from segbench.methods import segmented as segmented_method
 FULL_ATTENTION = "segbench_sdpa"
 
 
-class DetachedPool(segments.Pool):
-    """The pool of closed segments, read-only for gradients: retrieval is a lookup, not a path back."""
-
-    def append(self, k_BHLD: torch.Tensor, v_BHLD: torch.Tensor, reserve: int = 0) -> None:
-        super().append(k_BHLD.detach(), v_BHLD.detach(), reserve)
-
-
-class TrainLayerKV(segments.LayerKV):
-    def __init__(self, n_kv_heads: int, lr_heads: list[int], pool_device: str) -> None:
-        super().__init__(n_kv_heads, lr_heads, pool_device)
-        self.pool = DetachedPool(pool_device) if lr_heads else None
-
-
 def segmented_method_for(model: torch.nn.Module, params: dict) -> segmented_method.Segmented:
     """The inference adapter, set up on `model` (registers and selects its attention function)."""
     method = make_method("segmented", params)
@@ -40,10 +29,11 @@ def segmented_method_for(model: torch.nn.Module, params: dict) -> segmented_meth
     return method
 
 
-def segmented_state(method: segmented_method.Segmented, model: torch.nn.Module, length: int, layer_cls=TrainLayerKV):
-    """A fresh state as `Segmented.prefill` builds it, with `layer_cls` layers (detached pool by default)."""
+def segmented_state(method: segmented_method.Segmented, model: torch.nn.Module, length: int, layer_cls=segments.LayerKV):
+    """A fresh state as `Segmented.prefill` builds it, with `layer_cls` layers (tests swap in controls)."""
     n_kv = model.config.num_key_value_heads
-    layers = [layer_cls(n_kv, method._heads if i in method._layers else [], method._pool_device)
+    layers = [layer_cls(n_kv, method._heads if i in method._layers else [], method._pool_device,
+                        method.params.long_range_tail)
               for i in range(model.config.num_hidden_layers)]
     window = functools.partial(segmented_method._window, kernel=method.params.kernel)
     state = segments.SegmentedState(method.params, segments.Rope(model), layers, window)
