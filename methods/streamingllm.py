@@ -104,7 +104,7 @@ class Step:
     window: int
     start: int  # position of the forward's first token
     n: int  # tokens in this forward
-    slots_N: torch.Tensor  # buffer slot of each new token
+    pieces: list  # (slice of the new tokens, first buffer slot): where _write copies them
     cached: int  # valid buffer slots before this forward (a prefix of the buffer)
     band_11NC: torch.Tensor | None = None  # additive mask over the cached slots of call (a), or None
     split_sinks: bool = False  # `cache` mode, cache full: sinks in their own call (b)
@@ -174,22 +174,24 @@ def streaming_attention(module, query, key, value, attention_mask, dropout=0.0, 
         layer.k = key.new_empty(b, kvh, step.state.capacity, d)
         layer.v = value.new_empty(b, kvh, step.state.capacity, d)
     if step.n == 1:  # decode: write in place, then one call over the valid prefix of the buffer
-        layer.k.index_copy_(2, step.slots_N, key)
-        layer.v.index_copy_(2, step.slots_N, value)
-        _keep_sink_copy(layer, step)
+        _write(layer, step, key, value)
         valid = min(step.cached + 1, layer.k.shape[2])
         k, v = layer.k[:, :, :valid], layer.v[:, :, :valid]
         if step.sink_cos_11ND is not None:  # `cache` mode past the full cache: sinks at i + delta
             layer.k[:, :, : step.sinks] = kv.rope_rotate(layer.sink_k, step.sink_cos_11ND, step.sink_sin_11ND)
         return hf.segbench_sdpa_forward(module, query, k, v, None, scaling=scale, **kwargs)
     out = _prefill_chunk(layer, step, query, key, value, scale, module, kwargs)
-    layer.k.index_copy_(2, step.slots_N, key)  # after attending: the chunk overwrites keys it saw
-    layer.v.index_copy_(2, step.slots_N, value)
-    _keep_sink_copy(layer, step)
+    _write(layer, step, key, value)  # after attending: the chunk overwrites keys it saw
     return out
 
 
-def _keep_sink_copy(layer: RingLayer, step: Step) -> None:
+def _write(layer: RingLayer, step: Step, key, value) -> None:
+    """Copy the forward's new K/V into their slots: at most three contiguous slices (sinks, the ring
+    up to its end, the ring from its start), as plain slice copies (index_copy_ from the model's
+    strided K/V is ~100x slower on the CPU)."""
+    for src, dst in step.pieces:
+        layer.k[:, :, dst : dst + src.stop - src.start] = key[:, :, src]
+        layer.v[:, :, dst : dst + src.stop - src.start] = value[:, :, src]
     if step.cache_mode and step.start < step.sinks:
         if layer.sink_k is None:
             layer.sink_k = layer.k.new_empty(*layer.k.shape[:2], step.sinks, layer.k.shape[3])
@@ -277,7 +279,7 @@ class StreamingLLM(Method):
         positions_N = torch.arange(start, start + n, device=device)
         cached = min(start, full)
         cache_mode = p.positions == "cache"
-        step = Step(state, p.sinks, p.window, start, n, slot_of(positions_N, p.sinks, p.window), cached)
+        step = Step(state, p.sinks, p.window, start, n, self._pieces(start, n), cached)
         step.cache_mode = cache_mode
         delta_last = start + n - 1 - p.sinks - p.window  # > 0: the last query is past a full cache
         split = cache_mode and delta_last > 0 and p.sinks > 0
@@ -300,6 +302,20 @@ class StreamingLLM(Method):
         logits = hf.forward_last_logits(model, ids, None, position_ids=positions_N[None], streaming_step=step)
         state.seen += n
         return logits
+
+    def _pieces(self, start: int, n: int) -> list[tuple[slice, int]]:
+        """slot_of(start .. start+n-1) as contiguous runs (n <= window: the ring wraps at most once)."""
+        s, ring = self.params.sinks, self.params.window + 1
+        pieces, i = [], 0
+        if start < s:
+            i = min(n, s - start)
+            pieces.append((slice(0, i), start))
+        while i < n:
+            offset = (start + i - s) % ring
+            run = min(n - i, ring - offset)
+            pieces.append((slice(i, i + run), s + offset))
+            i += run
+        return pieces
 
     def _grow(self, state: StreamState, capacity: int) -> None:
         """A short prompt's buffer, enlarged during decode (doubling: a few copies in all)."""
@@ -328,5 +344,16 @@ class StreamingLLM(Method):
         if p.positions == "cache" and p.sinks:
             stored += memory_model.kv_bytes(shape, min(context_len, p.sinks), dtype_bytes) // 2
         chunk = min(self._chunk(), context_len)
-        peak = weights + stored + memory_model.logits_bytes(shape) + memory_model.layer_activation_bytes(shape, chunk, dtype_bytes)
+        cached = min(context_len - chunk, p.sinks + p.window + 1)  # keys of call (a) in the last chunk
+        q = chunk * shape.num_heads * shape.head_dim * dtype_bytes  # one [B, H, chunk, D] tensor
+        kv_chunk = chunk * shape.num_kv_heads * shape.head_dim * dtype_bytes
+        # Inside attention the layer holds its input and normed copy, q/k/v and their rotated
+        # copies, and ours: the outputs of calls (a)-(c), the queries rotated back for (b), the
+        # float32 merge (weighted parts and their sum) and the [B, chunk, H, D] result: 7 x q.
+        hidden = 2 * chunk * shape.hidden_size * dtype_bytes
+        in_attention = hidden + 3 * q + 3 * kv_chunk + (7 * q * 4) // dtype_bytes if cached else 0
+        working = max(memory_model.layer_activation_bytes(shape, chunk, dtype_bytes), in_attention)
+        # The band mask over the cached slots, one for all layers of a forward, in the model dtype.
+        mask = chunk * cached * dtype_bytes if cached > p.sinks else 0
+        peak = weights + stored + working + mask + memory_model.logits_bytes(shape)
         return MemoryEstimate(stored_kv_bytes=stored, peak_prefill_bytes=peak, weights_bytes=weights)
