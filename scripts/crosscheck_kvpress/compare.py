@@ -7,8 +7,8 @@ from common import CASES, KERNEL, SINKS, WINDOW, load_json
 
 def main() -> None:
     kp, sb = load_json("kvpress.json"), load_json("segbench.json")
-    print("Versions: kvpress side " + ", ".join(f"{k} {v}" for k, v in kp["versions"].items()))
-    print("          segbench side " + ", ".join(f"{k} {v}" for k, v in sb["versions"].items()))
+    print("- kvpress side: " + ", ".join(f"{k} {v}" for k, v in kp["versions"].items()))
+    print("- segbench side: " + ", ".join(f"{k} {v}" for k, v in sb["versions"].items()))
     print(f"\nMatched: SnapKV window {WINDOW}, avg pooling kernel {KERNEL}, budget = kept - window; "
           f"StreamingLLM sinks {SINKS}, window = kept - sinks.\n")
     print("| prompt | kept | layer | SnapKV kept-set agreement per KV head | StreamingLLM kept positions |")
