@@ -284,7 +284,9 @@ class StreamingLLM(Method):
         delta_last = start + n - 1 - p.sinks - p.window  # > 0: the last query is past a full cache
         split = cache_mode and delta_last > 0 and p.sinks > 0
         if n == 1 and split:
-            step.sink_cos_11ND, step.sink_sin_11ND = self._tables(model, positions_N.new_full((1,), delta_last), 1.0)
+            step.sink_cos_11ND, step.sink_sin_11ND = self._tables(
+                model, positions_N.new_full((1,), delta_last), 1.0
+            )
         elif n > 1 and cached:
             step.split_sinks = split
             lo = p.sinks if split else 0
@@ -293,7 +295,9 @@ class StreamingLLM(Method):
             oldest_ring = max(p.sinks, start - p.window - 1)
             if cached > p.sinks and oldest_ring < start + n - 1 - p.window:
                 held_C = cached_positions(start, p.sinks, p.window, device)[lo:]
-                hidden_NC = (held_C[None, :] >= p.sinks) & (held_C[None, :] < (positions_N - p.window)[:, None])
+                hidden_NC = (held_C[None, :] >= p.sinks) & (
+                    held_C[None, :] < (positions_N - p.window)[:, None]
+                )
                 band = torch.zeros(n, cached - lo, dtype=model.dtype, device=device)
                 step.band_11NC = band.masked_fill_(hidden_NC, float("-inf"))[None, None]
             if split:

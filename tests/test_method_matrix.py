@@ -78,7 +78,9 @@ def _greedy(method, model, ids, dtype: str):
     return torch.stack(logits), tokens, kv, after_prefill
 
 
-def trace(name: str, params: dict, preset: str, prefill: int, decode: int = 0, dtype=torch.float32) -> torch.Tensor:
+def trace(
+    name: str, params: dict, preset: str, prefill: int, decode: int = 0, dtype=torch.float32
+) -> torch.Tensor:
     """Logits at every position the method computes [prefill + decode, V]: prefill(ids[:prefill]),
     then `decode` teacher-forced decode steps, recorded at the model's final norm."""
     model, ids = _model(preset, dtype), _ids(preset)
@@ -158,7 +160,12 @@ def test_causal(name, preset):
         params = {**method_class(name).small_params(), **variant}
         longer = trace(name, params, preset, PROMPT)
         for cut in CUTS:
-            _assert_agree(longer[:cut], trace(name, params, preset, cut), preset, f"{name} {params}: first {cut} of {PROMPT}")
+            _assert_agree(
+                longer[:cut],
+                trace(name, params, preset, cut),
+                preset,
+                f"{name} {params}: first {cut} of {PROMPT}",
+            )
 
 
 @pytest.mark.parametrize("name,preset", CASES)
@@ -169,12 +176,18 @@ def test_prefill_then_decode_equals_longer_prefill(name, preset):
     for variant in _prefill_variants(name):
         params = {**method_class(name).small_params(), **variant}
         decoded = trace(name, params, preset, PROMPT, DECODE)
-        _assert_agree(decoded, trace(name, params, preset, PROMPT + DECODE), preset,
-                      f"{name} {params}: prefill({PROMPT}) + {DECODE} decodes vs prefill({PROMPT + DECODE})")
+        _assert_agree(
+            decoded,
+            trace(name, params, preset, PROMPT + DECODE),
+            preset,
+            f"{name} {params}: prefill({PROMPT}) + {DECODE} decodes vs prefill({PROMPT + DECODE})",
+        )
 
 
 def test_consistency_exemptions_are_declared_and_listed():
-    exempt = {n: method_class(n).consistency_exempt for n in method_names() if method_class(n).consistency_exempt}
+    exempt = {
+        n: method_class(n).consistency_exempt for n in method_names() if method_class(n).consistency_exempt
+    }
     print("prefill/decode consistency exemptions:", exempt)
     builtins = {"full", "segmented", "longgen", "snapkv", "streamingllm"}
     assert set(exempt) & builtins == BUILTIN_EXEMPT, f"built-in exemptions changed: {sorted(exempt)}"
@@ -189,8 +202,12 @@ def test_chunked_equals_one_shot(name, preset):
     small = method_class(name).small_params()
     one, chunked = ({**small, **v} for v in pair)
     # Prefill and then decode: a chunked prefill must leave the same state behind, too.
-    _assert_agree(trace(name, chunked, preset, PROMPT, DECODE), trace(name, one, preset, PROMPT, DECODE), preset,
-                  f"{name}: {chunked} vs {one}")
+    _assert_agree(
+        trace(name, chunked, preset, PROMPT, DECODE),
+        trace(name, one, preset, PROMPT, DECODE),
+        preset,
+        f"{name}: {chunked} vs {one}",
+    )
 
 
 @pytest.mark.parametrize("name,preset", CASES)

@@ -10,6 +10,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 WORK = Path(os.environ.get("XCHECK_DIR", "/tmp/kvpress-xcheck"))

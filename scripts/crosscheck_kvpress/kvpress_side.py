@@ -7,10 +7,10 @@ from importlib.metadata import version
 
 import torch
 import transformers
-
-transformers.utils.logging.disable_progress_bar()
 from common import CASES, GREEDY, KERNEL, MODEL_DIR, SINKS, WINDOW, ids_path, kept_positions, save_json
 from kvpress import SnapKVPress, StreamingLLMPress
+
+transformers.utils.logging.disable_progress_bar()
 
 
 def prefill_and_greedy(model, ids, press):
@@ -34,8 +34,16 @@ def prefill_and_greedy(model, ids, press):
 
 
 def main() -> None:
-    model = transformers.AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32, attn_implementation="sdpa").eval()
-    out = {"versions": {"kvpress": version("kvpress"), "torch": torch.__version__, "transformers": transformers.__version__}}
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        MODEL_DIR, dtype=torch.float32, attn_implementation="sdpa"
+    ).eval()
+    out = {
+        "versions": {
+            "kvpress": version("kvpress"),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        }
+    }
     for length, kept in CASES:
         ids = torch.load(ids_path(length))
         ratio = 1 - kept / length
@@ -43,10 +51,15 @@ def main() -> None:
         snap_tokens, snap_keys = prefill_and_greedy(
             model, ids, SnapKVPress(compression_ratio=ratio, window_size=WINDOW, kernel_size=KERNEL)
         )
-        stream_tokens, stream_keys = prefill_and_greedy(model, ids, StreamingLLMPress(compression_ratio=ratio, n_sink=SINKS))
+        stream_tokens, stream_keys = prefill_and_greedy(
+            model, ids, StreamingLLMPress(compression_ratio=ratio, n_sink=SINKS)
+        )
         out[str(length)] = {
             "dense_greedy": dense_tokens,
-            "snapkv": {"kept": [kept_positions(d, k) for d, k in zip(dense_keys, snap_keys, strict=True)], "greedy": snap_tokens},
+            "snapkv": {
+                "kept": [kept_positions(d, k) for d, k in zip(dense_keys, snap_keys, strict=True)],
+                "greedy": snap_tokens,
+            },
             # StreamingLLMPress keeps the same positions in every head: report head 0's.
             "streamingllm": {
                 "kept": [kept_positions(d, k)[0] for d, k in zip(dense_keys, stream_keys, strict=True)],

@@ -7,14 +7,14 @@ import sys
 
 import torch
 import transformers
-
-transformers.utils.logging.disable_progress_bar()
 from common import CASES, GREEDY, KERNEL, MODEL_DIR, SINKS, WINDOW, WORK, ids_path, kept_positions, save_json
+from segbench.methods.streamingllm import slot_of
 
 import segbench
 from segbench import hf
 from segbench.method import make_method
-from segbench.methods.streamingllm import slot_of
+
+transformers.utils.logging.disable_progress_bar()
 
 
 def save() -> None:
@@ -23,7 +23,9 @@ def save() -> None:
     model.config.attn_implementation = "sdpa"  # what the other venv loads it with
     model.save_pretrained(MODEL_DIR, safe_serialization=True)
     for length, _ in CASES:
-        ids = torch.randint(3, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(length))
+        ids = torch.randint(
+            3, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(length)
+        )
         torch.save(ids, ids_path(length))
     print(f"saved {MODEL_DIR} and ids for {[c[0] for c in CASES]}")
 
@@ -44,7 +46,13 @@ def greedy(method, model, ids, snapshot) -> tuple[list[int], object]:
 def run() -> None:
     model = transformers.AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32).eval()
     hf.register_default_attention()
-    out = {"versions": {"segbench": segbench.__version__, "torch": torch.__version__, "transformers": transformers.__version__}}
+    out = {
+        "versions": {
+            "segbench": segbench.__version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        }
+    }
     for length, kept in CASES:
         ids = torch.load(ids_path(length))
         full = make_method("full", {})
@@ -52,7 +60,9 @@ def run() -> None:
         keys = lambda gen: [k.clone() for k in hf.cache_tensors(gen.state)[0::2]]  # noqa: E731
         dense_tokens, dense_keys = greedy(full, model, ids, keys)
 
-        snap = make_method("snapkv", {"budget": kept - WINDOW, "window": WINDOW, "pooling": "avg", "kernel": KERNEL})
+        snap = make_method(
+            "snapkv", {"budget": kept - WINDOW, "window": WINDOW, "pooling": "avg", "kernel": KERNEL}
+        )
         snap.setup(model, device="cpu", dtype="float32")
         snap_tokens, snap_keys = greedy(snap, model, ids, keys)
         snap_kept = [kept_positions(d, k) for d, k in zip(dense_keys, snap_keys, strict=True)]
@@ -61,7 +71,12 @@ def run() -> None:
         for positions in ("cache", "original"):
             m = make_method("streamingllm", {"sinks": SINKS, "window": kept - SINKS, "positions": positions})
             m.setup(model, device="cpu", dtype="float32")
-            tokens, (kept_now, ring_k0) = greedy(m, model, ids, lambda gen, m=m: (m.kept_positions(gen).tolist(), gen.state.layers[0].k.clone()))
+            tokens, (kept_now, ring_k0) = greedy(
+                m,
+                model,
+                ids,
+                lambda gen, m=m: (m.kept_positions(gen).tolist(), gen.state.layers[0].k.clone()),
+            )
             # The ring really holds them: layer-0 keys depend on token and position only, so each
             # kept position's slot holds (up to rounding) the dense prefill's layer-0 key there.
             slots = slot_of(torch.tensor(kept_now), SINKS, kept - SINKS)
