@@ -140,6 +140,7 @@ class SnapKV(Method):
     summary = "Dense prefill, then per KV head the top-budget positions voted by the last window queries, plus the window."
     lowers = ("stored_kv",)
     Params = SnapKVParams
+    consistency_exempt = "evicts after prefill by design: decode sees the compressed cache, a longer prefill the dense one"
     _voted = False  # whether a prefill compacted, i.e. the window vote ran
 
     @classmethod

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import yaml
 
 HERE = Path(__file__).parent
@@ -24,3 +25,24 @@ def write_suite(tmp_path: Path, name: str = "t", **overrides) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(suite, sort_keys=False))
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# Tolerances (the developers' guide): a result may be off its float64 truth by at most 2x the error
+# that the same computation in plain PyTorch at float32 makes against that truth, plus a floor of
+# a millionth of the truth's magnitude (so an exact match of tiny values cannot fail on rounding).
+# Never an absolute 1e-7: float32 rounding differs between x86 CPUs and thread counts.
+
+
+def max_error(got: torch.Tensor, truth: torch.Tensor) -> float:
+    return (got.double() - truth.double()).abs().max().item()
+
+
+def tolerance(truth: torch.Tensor, base: torch.Tensor, factor: float = 2.0) -> float:
+    """factor x (plain float32 `base` vs float64 `truth`) + 1e-6 x max |truth|."""
+    return factor * max_error(base, truth) + 1e-6 * truth.double().abs().max().item()
+
+
+def assert_within(got: torch.Tensor, truth: torch.Tensor, base: torch.Tensor, what: str, factor: float = 2.0) -> None:
+    err, tol = max_error(got, truth), tolerance(truth, base, factor)
+    assert err <= tol, f"{what}: max error {err:.3e} > {tol:.3e} ({factor}x plain float32's {max_error(base, truth):.3e})"
