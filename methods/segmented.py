@@ -248,8 +248,8 @@ class Segmented(Method):
         # pool_device="cpu") + every layer's visible part (prefix + tail) + open segment buffers +
         # the working set of one layer's forward. Measured on the CPU miniature (tiny-llama, fp32,
         # 8K-32K, defaults), the peak falls in the MLP of a full segment's forward, not in attention:
-        # a smaller mask chunk (segments.MASK_ELEMENTS 4M -> 1M) left it unchanged (67.6 vs 67.4 MiB),
-        # so the attention-phase terms (mask, close-time rotations, selection scores) enter as a max.
+        # a 4x smaller attention mask chunk left it unchanged (67.6 vs 67.4 MiB), so the attention-phase
+        # terms (log-sum-exp merge, close-time rotations, selection scores) enter as a max.
         seg = min(p.segment, context_len)
         seen = ((context_len - 1) // p.segment) * p.segment  # closed before the last segment opened
         per_layer = [(i in lr_layers) for i in range(shape.num_layers)]
@@ -265,9 +265,10 @@ class Segmented(Method):
         n_vis = n_win - p.segment  # the longest visible part one head sees
         has_triton = importlib.util.find_spec("triton") is not None
         kernel = device == "cuda" and p.kernel != "torch" and has_triton  # the kernel needs no mask
-        # Attention phase: a bool mask chunk and, on the CPU, SDPA's float copy of it; at a close the
-        # float32 temporaries rotating a segment's keys and the selection's scores over the pool.
-        mask = 0 if kernel or n_vis == 0 else min(segments.MASK_ELEMENTS, seg * (n_vis + seg)) * (5 if device == "cpu" else 1)
+        # Attention phase: hf.bottom_right_causal's two float32 partial outputs and their merge (no
+        # mask; none at all in the kernel); at a close the float32 temporaries rotating a segment's
+        # keys and the selection's scores over the pool.
+        mask = 0 if kernel or n_vis == 0 else 3 * seg * shape.num_heads * shape.head_dim * 4
         rope = 3 * n_kv * seg * shape.head_dim * 4
         scores = 3 * n_lr * (shape.num_heads // n_kv) * seen * 4 if lr_layers and p.topk else 0
         attention_phase = seg_buffer + mask + rope + scores + seg * 4 * dtype_bytes * shape.hidden_size

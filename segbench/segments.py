@@ -18,11 +18,6 @@ import torch
 
 from segbench import hf
 
-# A masked SDPA call on the CPU turns its boolean [q, k] mask into a float one (measured: 4 bytes
-# per element on top of the 1 of the bool mask). Query rows are taken in chunks whose mask holds at
-# most this many elements, so the mask stays ~20 MB whatever the segment and window lengths.
-MASK_ELEMENTS = 1 << 22
-
 # Names the execution rule, recorded with trained checkpoints: before it, the segment's newest query
 # chose the long-range blocks (not causal) and long-range heads had no tail.
 SEGMENTED_RULE = "causal-prefix-v1: previous segment's last query selects; long-range tail"
@@ -176,25 +171,17 @@ def window_attention(module: torch.nn.Module, q_BHLD: torch.Tensor, k_BKWD: torc
     concatenated): the first `n_vis` keys are fully visible, the segment's keys causally,
     bottom-right aligned (query row r is the window's key W - Lq + r). A whole segment with
     nothing visible and a single query need no mask and take SDPA's own causal / unmasked path,
-    exactly as full attention does. Otherwise an explicit mask, chunked over query rows
-    (`MASK_ELEMENTS`); never is_causal with Lq < Lk, which SDPA would align top-left. K/V stay at
-    the KV heads (hf.segbench_sdpa_forward decides GQA as transformers does).
+    exactly as full attention does. Otherwise `hf.bottom_right_causal`, the same mask-free path
+    as full attention's chunked prefill (never is_causal with Lq < Lk, which SDPA would align
+    top-left). K/V stay at the KV heads.
     """
     n_q, n_win = q_BHLD.shape[2], k_BKWD.shape[2]
     if n_q == 1 or (n_vis == 0 and n_q == n_win):
         return hf.segbench_sdpa_forward(module, q_BHLD, k_BKWD, v_BKWD, None, scaling=scaling)[0]
-    first_key = n_win - n_q  # key index of query row 0's own token
-    rows = max(1, MASK_ELEMENTS // n_win)
-    outs = []
-    for r0 in range(0, n_q, rows):
-        r1 = min(n_q, r0 + rows)
-        end = first_key + r1  # keys past the chunk's last row are never seen: leave them out
-        own_R = torch.arange(first_key + r0, end, device=q_BHLD.device)
-        mask_RK = torch.arange(end, device=q_BHLD.device)[None, :] <= own_R[:, None]
-        outs.append(hf.segbench_sdpa_forward(
-            module, q_BHLD[:, :, r0:r1], k_BKWD[:, :, :end], v_BKWD[:, :, :end], mask_RK, scaling=scaling
-        )[0])
-    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+    # Bottom-right causal over the window: every visible key unmasked, the segment causally, merged
+    # by log-sum-exp (or flash's lower-right causal on CUDA) -- no [Lq x W] mask, and the upper
+    # triangle of the segment is skipped rather than computed and masked.
+    return hf.bottom_right_causal(q_BHLD, k_BKWD, v_BKWD, scale=scaling)
 
 
 # --------------------------------------------------------------------------------------------
