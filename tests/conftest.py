@@ -8,6 +8,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Triton reads TRITON_INTERPRET when it is first imported, and any test module (or an adapter a
+# test builds) may be the first to import it: without a GPU every kernel runs in the interpreter,
+# decided here, once, before collection. With CUDA the GPU tests run the compiled kernels.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 TINY_PRESETS = ("tiny-llama", "tiny-qwen2", "tiny-mistral")
 
 
