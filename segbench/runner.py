@@ -26,6 +26,7 @@ from pathlib import Path
 
 from segbench import __version__, store
 from segbench.errors import UserError
+from segbench.estimates import estimate_columns
 from segbench.launchers import Launcher, make_launcher
 from segbench.measure import nvml_gpu_count
 from segbench.models import is_trained
@@ -106,6 +107,7 @@ def base_row(cell: Cell) -> dict:
         "task": cell.task,
         "repeat_group": cell.repeat_group,
         "config_hash": cell.config_hash,
+        **estimate_columns(cell),  # failed rows too: the estimate matters most where a cell failed
     }
 
 
