@@ -296,7 +296,8 @@ def test_memory_pass_on_cuda_samples_allocator_and_nvml_with_fakes(fake_allocato
             return super().prefill(model, input_ids)
 
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
-    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a, **k: allocated["bytes"])
+    monkeypatch.setattr(torch.cuda, "memory_stats_as_nested_dict",
+                        lambda *a, **k: {"allocated_bytes": {"all": {"current": allocated["bytes"]}}})
     monkeypatch.setattr(measure, "CudaAllocatorPeak", FakeCudaPeak)
     fake = FakeNvml(pid=4242)
     fake.used = 900
