@@ -86,7 +86,7 @@ class CellStore:
         os.replace(tmp, path)
 
     def write_trace(self, config_hash: str, trace: dict | None) -> int:
-        """A cell's memory timeline, `traces/<config_hash>.json` (contract: segbench/timeline.py),
+        """A cell's memory timeline, `traces/<config_hash>.json` (contract: segbench/memtrace.py, the writer),
         written before its row; returns its point count, the row's `timeline_samples` (0: none).
         A cell re-run without one (it failed this time) loses the stale one."""
         path = self.dir / "traces" / f"{config_hash}.json"

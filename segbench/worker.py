@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from segbench import hf, measure, store, timeline
+from segbench import hf, measure, memtrace, store
 from segbench.estimates import estimate_columns
 from segbench.method import Method, Unsupported, load_plugins, make_method
 from segbench.models import shape_of
@@ -199,7 +199,7 @@ def execute(cell: Cell) -> dict:
         row["peak_prefill_mem_bytes"] = weights + host_delta
         row["peak_mem_source"] = host.source
     row["peak_prefill_over_weights_bytes"] = row["peak_prefill_mem_bytes"] - weights
-    trace = timeline.build_trace(cell.config_hash, device, mem["samples"], weights_bytes=weights,
+    trace = memtrace.build_trace(cell.config_hash, device, mem["samples"], weights_bytes=weights,
                                  ttft_s=mem["ttft_s"], rss_before_bytes=host.rss_before_bytes)
     row["_timeline"] = trace  # the store writes it to traces/<config_hash>.json and counts its points
     row.update(extra)
@@ -267,7 +267,7 @@ def run_once(method: Method, model, input_ids, decode_tokens: int, device: str,
 
 
 def memory_pass(method: Method, model, input_ids, device: str, nvml=None,
-                period_s: float = timeline.PERIOD_S) -> dict:
+                period_s: float = memtrace.PERIOD_S) -> dict:
     """The memory pass: one prefill under every memory tracker. The LAST pass of its process.
 
     It pins the host allocator for good (see measure.pin_malloc_thresholds), so nothing may be
@@ -287,9 +287,9 @@ def memory_pass(method: Method, model, input_ids, device: str, nvml=None,
                     out["nvml"] = stack.enter_context(measure.NvmlSampler(module, handle, baseline))
                     nvml_probe = lambda: module.nvmlDeviceGetMemoryInfo(handle).used - baseline  # noqa: E731
             else:
-                probe = timeline.statm_rss_bytes
+                probe = memtrace.statm_rss_bytes
             out["host"] = stack.enter_context(measure.CpuPeakRss())
-            out["samples"] = stack.enter_context(timeline.Sampler(probe, nvml_probe, period_s, measure.trim_heap))
+            out["samples"] = stack.enter_context(memtrace.Sampler(probe, nvml_probe, period_s, measure.trim_heap))
             with measure.Stopwatch(device) as prefill:
                 gen = method.prefill(model, input_ids)
                 gen.logits.argmax(dim=-1, keepdim=True)  # the first token, as the timing passes do

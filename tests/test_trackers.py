@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from segbench import measure, timeline
+from segbench import measure, memtrace
 
 
 class FakeNvml:
@@ -116,7 +116,7 @@ def test_stopwatch_measures_the_block():
 
 def test_sampler_has_start_end_and_a_transient_level():
     level = {"v": 100, "nv": 10}
-    sampler = timeline.Sampler(lambda: level["v"], lambda: level["nv"], period_s=0.001)
+    sampler = memtrace.Sampler(lambda: level["v"], lambda: level["nv"], period_s=0.001)
     with sampler as rec:
         time.sleep(0.02)
         level.update(v=900, nv=90)  # the transient
@@ -138,7 +138,7 @@ def test_sampler_drops_a_failing_nvml_series_rather_than_leave_gaps():
             raise RuntimeError("NVML_ERROR_UNKNOWN")
         return 5
 
-    with timeline.Sampler(lambda: 1, flaky, period_s=0.001) as rec:
+    with memtrace.Sampler(lambda: 1, flaky, period_s=0.001) as rec:
         time.sleep(0.02)
     assert rec.nvml is None and len(rec.values) >= 3
 
@@ -150,26 +150,26 @@ def test_decimation_keeps_the_extremes_under_the_cap():
     values = [rng.randrange(1000) for _ in range(20000)]
     values[12345] = 10**6  # a one-sample spike
     values[777] = -5
-    keep = timeline.decimate(values, cap=300)
+    keep = memtrace.decimate(values, cap=300)
     assert len(keep) <= 300 and keep == sorted(set(keep))
     assert keep[0] == 0 and keep[-1] == len(values) - 1
     assert 12345 in keep and 777 in keep
-    assert timeline.decimate(values[:50], cap=300) == list(range(50))
+    assert memtrace.decimate(values[:50], cap=300) == list(range(50))
 
 
 def test_trace_contract_basis_and_strictly_increasing_times():
-    samples = timeline.Samples(t_s=[0.0, 0.0010001, 0.0010002, 0.003, 0.004],
+    samples = memtrace.Samples(t_s=[0.0, 0.0010001, 0.0010002, 0.003, 0.004],
                                values=[5000, 5600, 5700, 9000, 5100])
-    trace = timeline.build_trace("abc", "cpu", samples, weights_bytes=100, ttft_s=0.004, rss_before_bytes=5000)
+    trace = memtrace.build_trace("abc", "cpu", samples, weights_bytes=100, ttft_s=0.004, rss_before_bytes=5000)
     assert set(trace) == {"config_hash", "source", "t_s", "bytes", "nvml_used_bytes", "ttft_s", "weights_bytes"}
     assert trace["source"] == "cpu_rss" and trace["nvml_used_bytes"] is None
     # weights + (rss - rss before prefill); the two samples in one microsecond became one (the later)
     assert trace["t_s"] == [0.0, 0.001, 0.003, 0.004]
     assert trace["bytes"] == [100, 800, 4100, 200]
     json.dumps(trace)
-    many = timeline.Samples(t_s=[i * 1e-3 for i in range(5000)], values=list(range(5000)), nvml=list(range(5000)))
-    big = timeline.build_trace("abc", "cuda", many, weights_bytes=0, ttft_s=5.0)
-    assert len(big["t_s"]) <= timeline.MAX_POINTS and big["source"] == "cuda_allocated"
+    many = memtrace.Samples(t_s=[i * 1e-3 for i in range(5000)], values=list(range(5000)), nvml=list(range(5000)))
+    big = memtrace.build_trace("abc", "cuda", many, weights_bytes=0, ttft_s=5.0)
+    assert len(big["t_s"]) <= memtrace.MAX_POINTS and big["source"] == "cuda_allocated"
     assert max(big["bytes"]) == 4999 and len(big["nvml_used_bytes"]) == len(big["t_s"])
 
 
@@ -266,7 +266,7 @@ def test_trace_max_matches_the_kernel_peak(fake_allocator):
     host = mem["host"]
     assert host.delta_bytes >= 0.9 * 6 * block, host  # control: the kernel saw the buffers
     weights = 50 << 20
-    trace = timeline.build_trace("h", "cpu", mem["samples"], weights_bytes=weights, ttft_s=mem["ttft_s"],
+    trace = memtrace.build_trace("h", "cpu", mem["samples"], weights_bytes=weights, ttft_s=mem["ttft_s"],
                                  rss_before_bytes=host.rss_before_bytes)
     peak = weights + host.delta_bytes
     assert abs(max(trace["bytes"]) - peak) <= 0.03 * peak, (max(trace["bytes"]), peak)
@@ -305,7 +305,7 @@ def test_memory_pass_on_cuda_samples_allocator_and_nvml_with_fakes(fake_allocato
                              nvml=(fake, None, 800))
     assert mem["cuda"].max_allocated_bytes == 7 and mem["nvml"].peak_used_bytes == 4800
     assert mem["host"].rss_before_bytes > 0  # host RSS is tracked on GPU cells too
-    trace = timeline.build_trace("h", "cuda", mem["samples"], weights_bytes=1000, ttft_s=mem["ttft_s"])
+    trace = memtrace.build_trace("h", "cuda", mem["samples"], weights_bytes=1000, ttft_s=mem["ttft_s"])
     assert trace["source"] == "cuda_allocated" and max(trace["bytes"]) == 5000
     assert max(trace["nvml_used_bytes"]) == 4800 - 800  # over the idle baseline, as the row's NVML column
     assert mem["allocator"].startswith("glibc pinned")  # same structure as on the CPU: pinned, last

@@ -1,4 +1,7 @@
-"""A memory timeline of one prefill: a sampler thread, decimation, and the trace file's contract.
+"""A memory timeline of one prefill, the writer's side: a sampler thread, decimation, the trace file.
+
+Light on purpose (no pandas, no analysis): the worker imports it in every cell process. The
+dashboard reads the same files through its own reader.
 
 The memory pass samples every few milliseconds while prefill runs; the cell stores the trace
 beside its row as `<suite_dir>/traces/<config_hash>.json`, one JSON object (the dashboard's
