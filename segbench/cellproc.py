@@ -26,6 +26,7 @@ import threading
 import time
 from pathlib import Path
 
+from segbench.estimates import estimate_columns
 from segbench.models import is_trained
 from segbench.suite import Cell, Suite
 
@@ -86,6 +87,7 @@ def base_row(cell: Cell) -> dict:
         "task": cell.task,
         "repeat_group": cell.repeat_group,
         "config_hash": cell.config_hash,
+        **estimate_columns(cell),  # failed rows too: the estimate matters most where a cell failed
     }
 
 

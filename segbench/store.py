@@ -252,6 +252,7 @@ class CellStore:
         predictions = row.pop("_predictions", None)
         if predictions is not None:
             self.write_predictions(row["config_hash"], predictions)
+        row["timeline_samples"] = self.write_trace(row["config_hash"], row.pop("_timeline", None))
         path = self.path_for(row["config_hash"])
         write_json_atomic(path, complete_row(row))
         return path
@@ -279,6 +280,17 @@ class CellStore:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+    def write_trace(self, config_hash: str, trace: dict | None) -> int:
+        """A cell's memory timeline, `traces/<config_hash>.json` (contract: segbench/memtrace.py, the writer),
+        written before its row; returns its point count, the row's `timeline_samples` (0: none).
+        A cell re-run without one (it failed this time) loses the stale one."""
+        path = self.dir / "traces" / f"{config_hash}.json"
+        if trace is None:
+            path.unlink(missing_ok=True)
+            return 0
+        write_json_atomic(path, trace)
+        return len(trace["t_s"])
 
     def rows(self) -> list[dict]:
         """Every cell file segbench wrote; anything else is listed in `self.skipped` (its cell re-runs)."""

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from segbench import hf, measure, store
+from segbench import hf, measure, memtrace, store
+from segbench.estimates import estimate_columns
 from segbench.method import Method, Unsupported, load_plugins, make_method
-from segbench.models import DTYPE_BYTES, shape_of
+from segbench.models import shape_of
 from segbench.suite import Cell, Limits
 
 OUTPUT_IDS_KEPT = 32
@@ -71,7 +72,6 @@ def cell_main(cell: Cell, limits: Limits, plugins: tuple[str, ...], base_dir: st
     """Entry point of the cell process. Always writes a row unless the process is killed."""
     # Already in a process group of its own, watching the runner's liveness pipe (segbench/cellproc.py).
     _die_with_parent()
-    measure.pin_malloc_thresholds()
     if cell.device == "cpu" and limits.host_mem_cap_gb:
         _cap_address_space(limits.host_mem_cap_gb)
     row: dict = {}
@@ -94,6 +94,19 @@ def cell_main(cell: Cell, limits: Limits, plugins: tuple[str, ...], base_dir: st
 
 # --------------------------------------------------------------------------------------------
 # The measurement
+#
+# Two kinds of pass, so that memory and time do not distort each other:
+# - timing passes (warmups, then the timed repeats; an accuracy cell's samples) run with the host
+#   allocator as users run it and with no tracker thread: TTFT, decode latencies, output ids;
+# - one memory pass, last: one prefill of the same input (the longest sample's, for an accuracy
+#   cell) with glibc's thresholds pinned (measure.pin_malloc_thresholds: irreversible, hence last)
+#   and the heap trimmed before every timeline sample (measure.trim_heap: the timing passes left a
+#   large free heap that would otherwise inflate RSS), under the peak trackers, the NVML sampler
+#   and the timeline sampler. The timing passes before it are its warmup.
+# The row names both passes and the allocator settings each ran under.
+
+TIMING_PASS = "timing"
+MEMORY_PASS = "memory"
 
 
 def execute(cell: Cell) -> dict:
@@ -109,34 +122,44 @@ def execute(cell: Cell) -> dict:
     shape = shape_of(cell.model, cell.model_overrides)
     method = make_method(cell.method, cell.params)
     method.check(shape, cell.context_len)
-    dtype_bytes = DTYPE_BYTES[cell.dtype]
-    estimate = method.estimate(shape, cell.context_len, dtype_bytes, device)
+    estimate = estimate_columns(cell)
 
     model = hf.build_model(
         cell.model, dtype=cell.dtype, device=device, overrides=cell.model_overrides, seed=cell.workload.seed
     )
     method.setup(model, device=device, dtype=cell.dtype)
-    nvml_args = (nvml, handle, baseline_used) if nvml is not None else None
+    timing_allocator = measure.allocator_settings()
     extra: dict = {}
     if cell.task:
         from segbench.accuracy.harness import run_task
 
+        longest: list[torch.Tensor] = []
+
+        def timed_run(method, model, ids, *args, nvml=None, **kwargs):
+            # The harness offers its NVML handle to the first sample; NVML now samples only in
+            # the memory pass, which re-runs the longest sample's prefill (the cell's peak).
+            if not longest or ids.shape[1] > longest[0].shape[1]:
+                longest[:] = [ids]
+            return run_once(method, model, ids, *args, **kwargs)
+
         hf.BACKENDS.reset()
-        extra, runs, predictions = run_task(cell, method, model, device, run_once, nvml=nvml_args)
+        extra, runs, predictions = run_task(cell, method, model, device, timed_run)
         extra["_predictions"] = predictions
+        memory_ids = longest[0]
     else:
-        runs = latency_runs(cell, method, model, shape.vocab_size, device, nvml_args)
+        memory_ids = latency_input_ids(cell, shape.vocab_size, device)
+        runs = latency_runs(cell, method, model, memory_ids, device)
 
     weights = hf.model_bytes(model)
+    mem = memory_pass(method, model, memory_ids, device, (nvml, handle, baseline_used) if nvml is not None else None)
     ttfts = [r["ttft_s"] for r in runs]
     decode_ms = [ms for r in runs for ms in r["decode_ms"]]
     decode_total_s = sum(sum(r["decode_ms"]) for r in runs) / 1000.0
     decode_count = sum(len(r["decode_ms"]) for r in runs)
     row = {
         "weights_bytes": weights,
-        "kv_cache_bytes": runs[0]["kv_cache_bytes"],
-        "est_kv_cache_bytes": estimate.stored_kv_bytes,
-        "est_peak_prefill_bytes": estimate.peak_prefill_bytes,
+        "kv_cache_bytes": mem["kv_cache_bytes"],
+        **estimate,
         "ttft_s": measure.median(ttfts),
         "ttft_s_all": ttfts,
         "prefill_tokens_per_s": cell.context_len / measure.median(ttfts) if cell.task == "" else None,
@@ -146,69 +169,84 @@ def execute(cell: Cell) -> dict:
         "decode_tokens_per_s": decode_count / decode_total_s if decode_total_s > 0 else None,
         "output_token_ids": runs[0]["output_token_ids"],
         "attention_backend": method.attention_backend(),
+        "timing_pass": TIMING_PASS,
+        "timing_allocator": _allocator_text(device, timing_allocator),
+        "peak_mem_pass": MEMORY_PASS,
+        "peak_mem_allocator": _allocator_text(device, mem["allocator"]),
     }
+    host = mem["host"]
+    # The kernel's mark and the sampler are both lower bounds of the true peak RSS: the mark can
+    # miss pages freed by madvise (malloc_trim frees that way) and the sampler short spikes; the
+    # larger stands (on the tiny Llama they agree within ~3%, either one the larger).
+    host_delta = host.delta_bytes
+    if device == "cpu":
+        host_delta = max(host_delta, max(mem["samples"].values) - host.rss_before_bytes)
+    row["host_rss_peak_delta_bytes"] = host_delta
     if device == "cuda":
-        row["cuda_max_allocated_bytes"] = max(r["cuda_max_allocated_bytes"] for r in runs)
-        row["cuda_max_reserved_bytes"] = max(r["cuda_max_reserved_bytes"] for r in runs)
+        row["cuda_max_allocated_bytes"] = mem["cuda"].max_allocated_bytes
+        row["cuda_max_reserved_bytes"] = mem["cuda"].max_reserved_bytes
         row["peak_prefill_mem_bytes"] = row["cuda_max_allocated_bytes"]
         row["peak_mem_source"] = "cuda_max_allocated"
-        nv = runs[0].get("nvml")
+        nv = mem.get("nvml")
         if nv is not None:
             row["nvml_peak_used_bytes"] = nv.peak_over_baseline_bytes
             row["nvml_process_peak_bytes"] = nv.peak_process_bytes
     else:
         # The RSS before prefill already holds the weights (and the Python runtime, which is not
         # the method's): the headline is weights + what prefill added on top.
-        delta = max(r["cpu"].delta_bytes for r in runs)
-        row["cpu_rss_before_prefill_bytes"] = runs[0]["cpu"].rss_before_bytes
-        row["cpu_rss_peak_delta_bytes"] = delta
-        row["peak_prefill_mem_bytes"] = weights + delta
-        row["peak_mem_source"] = runs[0]["cpu"].source
+        row["cpu_rss_before_prefill_bytes"] = host.rss_before_bytes
+        row["cpu_rss_peak_delta_bytes"] = host_delta
+        row["peak_prefill_mem_bytes"] = weights + host_delta
+        row["peak_mem_source"] = host.source
     row["peak_prefill_over_weights_bytes"] = row["peak_prefill_mem_bytes"] - weights
+    trace = memtrace.build_trace(cell.config_hash, device, mem["samples"], weights_bytes=weights,
+                                 ttft_s=mem["ttft_s"], rss_before_bytes=host.rss_before_bytes)
+    row["_timeline"] = trace  # the store writes it to traces/<config_hash>.json and counts its points
     row.update(extra)
     return row
 
 
-def latency_runs(cell: Cell, method: Method, model, vocab_size: int, device: str, nvml_args) -> list[dict]:
-    """Warmups, then timed repeats of prefill + a fixed number of decode tokens on random ids."""
+def _cuda_allocated_bytes() -> int:
+    """torch.cuda.memory_allocated(0) without its flattening of every allocator statistic into a
+    sorted dict (Python work under the GIL, every 2 ms, beside the thread launching prefill).
+    Device 0 by index: a sampler thread has its own CUDA current device."""
+    stats = torch.cuda.memory_stats_as_nested_dict(0)
+    return stats["allocated_bytes"]["all"]["current"] if stats else 0
+
+
+def _allocator_text(device: str, host_allocator: str) -> str:
+    return f"cuda caching allocator; host: {host_allocator}" if device == "cuda" else host_allocator
+
+
+def latency_input_ids(cell: Cell, vocab_size: int, device: str) -> torch.Tensor:
     generator = torch.Generator(device="cpu").manual_seed(cell.workload.seed + cell.context_len)
     # Ids from the ordinary vocabulary (ids below 3 are special in every preset).
-    input_ids = torch.randint(3, vocab_size, (1, cell.context_len), generator=generator).to(device)
+    return torch.randint(3, vocab_size, (1, cell.context_len), generator=generator).to(device)
+
+
+def latency_runs(cell: Cell, method: Method, model, input_ids: torch.Tensor, device: str) -> list[dict]:
+    """Timing passes: warmups, then timed repeats of prefill + a fixed number of decode tokens."""
     for _ in range(cell.workload.warmup):
         run_once(method, model, input_ids, cell.workload.decode_tokens, device)
     hf.BACKENDS.reset()
-    return [
-        # an NVML sampler thread only on the first repeat, where it is the figure
-        run_once(method, model, input_ids, cell.workload.decode_tokens, device, nvml=nvml_args if rep == 0 else None)
-        for rep in range(cell.workload.repeats)
-    ]
+    return [run_once(method, model, input_ids, cell.workload.decode_tokens, device)
+            for _ in range(cell.workload.repeats)]
 
 
-def run_once(method: Method, model, input_ids, decode_tokens: int, device: str, nvml=None,
+def run_once(method: Method, model, input_ids, decode_tokens: int, device: str,
              eos_id: int | None = None, keep: int = OUTPUT_IDS_KEPT) -> dict:
-    """Prefill (memory-tracked, timed to the first token), then greedy decode with per-step times.
+    """A timing pass: prefill timed to the first token, then greedy decode with per-step times.
 
-    Latency cells decode a fixed number of tokens (eos_id None); accuracy cells stop at EOS and
-    keep every generated id (`keep`) for scoring.
+    No memory tracker runs here (no sampler thread, no allocator setting): memory is the memory
+    pass's job. Latency cells decode a fixed number of tokens (eos_id None); accuracy cells stop at
+    EOS and keep every generated id (`keep`) for scoring.
     """
     out: dict = {}
     with torch.inference_mode():
-        with contextlib.ExitStack() as stack:
-            if device == "cuda":
-                cuda_peak = stack.enter_context(measure.CudaAllocatorPeak())
-                if nvml is not None:
-                    module, handle, baseline = nvml
-                    out["nvml"] = stack.enter_context(measure.NvmlSampler(module, handle, baseline))
-            else:
-                out["cpu"] = stack.enter_context(measure.CpuPeakRss())
-            with measure.Stopwatch(device) as ttft:
-                gen = method.prefill(model, input_ids)
-                token = gen.logits.argmax(dim=-1, keepdim=True)
-        if device == "cuda":
-            out["cuda_max_allocated_bytes"] = cuda_peak.max_allocated_bytes
-            out["cuda_max_reserved_bytes"] = cuda_peak.max_reserved_bytes
+        with measure.Stopwatch(device) as ttft:
+            gen = method.prefill(model, input_ids)
+            token = gen.logits.argmax(dim=-1, keepdim=True)
         out["ttft_s"] = ttft.seconds
-        out["kv_cache_bytes"] = method.kv_cache_bytes(gen)
         tokens = [token]
         steps = measure.StepTimes(device)
         for _ in range(decode_tokens):
@@ -224,6 +262,39 @@ def run_once(method: Method, model, input_ids, decode_tokens: int, device: str, 
         if eos_id is not None and eos_id in ids:
             ids = ids[: ids.index(eos_id)]
         out["output_token_ids"] = ids[:keep]
+    del gen
+    return out
+
+
+def memory_pass(method: Method, model, input_ids, device: str, nvml=None,
+                period_s: float = memtrace.PERIOD_S) -> dict:
+    """The memory pass: one prefill under every memory tracker. The LAST pass of its process.
+
+    It pins the host allocator for good (see measure.pin_malloc_thresholds), so nothing may be
+    timed after it. Returns the trackers' records: `host` (peak RSS, on every device: a CPU pool
+    of a GPU cell lives there), `cuda` and `nvml` on GPU, the timeline `samples`, the pass's own
+    prefill time `ttft_s`, `kv_cache_bytes` and the `allocator` settings it ran under.
+    """
+    out: dict = {"allocator": measure.pin_malloc_thresholds()}
+    with torch.inference_mode():
+        with contextlib.ExitStack() as stack:
+            nvml_probe = None
+            if device == "cuda":
+                out["cuda"] = stack.enter_context(measure.CudaAllocatorPeak())
+                probe = _cuda_allocated_bytes
+                if nvml is not None:
+                    module, handle, baseline = nvml
+                    out["nvml"] = stack.enter_context(measure.NvmlSampler(module, handle, baseline))
+                    nvml_probe = lambda: module.nvmlDeviceGetMemoryInfo(handle).used - baseline  # noqa: E731
+            else:
+                probe = memtrace.statm_rss_bytes
+            out["host"] = stack.enter_context(measure.CpuPeakRss())
+            out["samples"] = stack.enter_context(memtrace.Sampler(probe, nvml_probe, period_s, measure.trim_heap))
+            with measure.Stopwatch(device) as prefill:
+                gen = method.prefill(model, input_ids)
+                gen.logits.argmax(dim=-1, keepdim=True)  # the first token, as the timing passes do
+        out["ttft_s"] = prefill.seconds
+        out["kv_cache_bytes"] = method.kv_cache_bytes(gen)
     del gen
     return out
 

@@ -19,7 +19,8 @@ PLUGINS = [str(HERE / "fault_methods.py"), str(HERE / "launcher_methods.py")]
 VARYING = {
     "ttft_s", "ttft_s_all", "prefill_tokens_per_s", "decode_ms_p50", "decode_ms_p90", "decode_ms_p99",
     "decode_tokens_per_s", "started_at", "duration_s", "cpu_rss_before_prefill_bytes", "cpu_rss_peak_delta_bytes",
-    "peak_prefill_mem_bytes", "peak_prefill_over_weights_bytes", "launcher", "hostname", "git_sha", "git_dirty",
+    "host_rss_peak_delta_bytes", "timeline_samples", "peak_prefill_mem_bytes", "peak_prefill_over_weights_bytes",
+    "launcher", "hostname", "git_sha", "git_dirty",
 }
 
 _KEEP: list[tempfile.TemporaryDirectory] = []

@@ -1,8 +1,11 @@
 """The harness must show which memory each method lowers, not hide it: at cpu_smoke's longest
 context, segmented and streamingllm prefill below full one-shot; snapkv only by the KV its layers
-compact one by one during prefill (its activations stay dense)."""
+compact one by one during prefill (its activations stay dense).
+Each cell's memory timeline agrees with its peak."""
 
 from __future__ import annotations
+
+import json
 
 import yaml
 
@@ -28,3 +31,11 @@ def test_peak_prefill_ordering_at_the_longest_cpu_smoke_context(tmp_path):
     # Per-layer compaction: below full by (a share of) the KV, not by the dense activations.
     assert 0.7 * peak["full"] < peak["snapkv"] < peak["full"], peak
     assert kv["snapkv"] < kv["full"] and kv["segmented"] < kv["full"] and kv["streamingllm"] < kv["full"]
+    for label, r in rows.items():  # the timeline is the same measurement, sampled: its max is the peak's
+        trace = json.loads((summary.suite_dir / "traces" / f"{r['config_hash']}.json").read_text())
+        assert r["timeline_samples"] == len(trace["t_s"]) > 10, label
+        assert all(b > a for a, b in zip(trace["t_s"], trace["t_s"][1:])), label
+        assert 0.97 * r["peak_prefill_mem_bytes"] <= max(trace["bytes"]) <= r["peak_prefill_mem_bytes"], label
+        assert trace["bytes"][0] <= r["weights_bytes"] + 0.05 * r["peak_prefill_over_weights_bytes"], label
+        assert r["est_peak_prefill_bytes"] > r["weights_bytes"], label
+        assert (r["peak_mem_pass"], r["timing_pass"]) == ("memory", "timing"), label
