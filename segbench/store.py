@@ -285,7 +285,7 @@ class CellStore:
         """A cell's memory timeline, `traces/<config_hash>.json` (contract: segbench/memtrace.py, the writer),
         written before its row; returns its point count, the row's `timeline_samples` (0: none).
         A cell re-run without one (it failed this time) loses the stale one."""
-        path = self.dir / "traces" / f"{config_hash}.json"
+        path = self.trace_path(config_hash)
         if trace is None:
             path.unlink(missing_ok=True)
             return 0
