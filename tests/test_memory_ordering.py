@@ -35,7 +35,10 @@ def test_peak_prefill_ordering_at_the_longest_cpu_smoke_context(tmp_path):
         trace = json.loads((summary.suite_dir / "traces" / f"{r['config_hash']}.json").read_text())
         assert r["timeline_samples"] == len(trace["t_s"]) > 10, label
         assert all(b > a for a, b in zip(trace["t_s"], trace["t_s"][1:])), label
-        assert 0.97 * r["peak_prefill_mem_bytes"] <= max(trace["bytes"]) <= r["peak_prefill_mem_bytes"], label
+        # A sample every few ms can miss a spike the kernel's high-water mark (part of the row's
+        # peak) catches -- segmented's 4K prefill is short -- but never exceeds the peak.
+        floor = r["weights_bytes"] + 0.75 * r["peak_prefill_over_weights_bytes"]
+        assert floor <= max(trace["bytes"]) <= r["peak_prefill_mem_bytes"], label
         assert trace["bytes"][0] <= r["weights_bytes"] + 0.05 * r["peak_prefill_over_weights_bytes"], label
         assert r["est_peak_prefill_bytes"] > r["weights_bytes"], label
         assert (r["peak_mem_pass"], r["timing_pass"]) == ("memory", "timing"), label
