@@ -12,7 +12,7 @@ from segbench.methods import snapkv
 from segbench import hf, kv
 from segbench.method import make_method
 
-from .helpers import assert_within
+from .helpers import assert_within, tolerance
 from .test_streamingllm import PRESET, _ids, _model, attention_by_hand, forward_token_by_hand, rope_reference
 
 # --------------------------------------------------------------------------------------------
@@ -150,11 +150,15 @@ def test_real_model_keeps_its_top_voted_positions_per_kv_head():
         assert (index[..., -WINDOW:] == torch.arange(LENGTH - WINDOW, LENGTH)).all()
         q = window_queries_by_hand(ids, layer_idx)
         ref = votes_by_hand(q, dense[2 * layer_idx], 32**-0.5, "avg", KERNEL)
+        # segbench ranks float32 votes: near-ties may order differently than the float64 truth, by
+        # at most 2x plain float32's vote error against it (tests/helpers.py), never a fixed 1e-6.
+        plain = votes_by_hand(q, dense[2 * layer_idx], 32**-0.5, "avg", KERNEL, torch.float32)
+        slack = tolerance(ref, plain)
         for head in range(2):
             chosen = index[0, head, :BUDGET]
             dropped = torch.ones(LENGTH - WINDOW, dtype=torch.bool)
             dropped[chosen] = False
-            assert ref[0, head, chosen].min() >= ref[0, head, dropped].max() - 1e-6
+            assert ref[0, head, chosen].min() >= ref[0, head, dropped].max() - slack
         heads_differ |= not torch.equal(index[0, 0], index[0, 1])
     assert heads_differ  # each KV head chooses its own positions
 
