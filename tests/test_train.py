@@ -192,7 +192,9 @@ def test_training_forward_equals_the_inference_adapters(length):
         full_train = head(forward.hidden_states(model, "full", ids, {})[:, -1])
     model.eval()
     seg_logits, full_logits = _inference_logits(model, ids)
-    # The bar: the inference adapters at float32 against the same adapters on a float64 copy.
+    # The bar: the inference adapters at float32 against the same adapters on a float64 copy. (Rope
+    # re-rotates stored keys in float32 even on a float64 model, so the segmented truth keeps that
+    # rounding; it is ~1e-7 relative, inside the rule's floor of 1e-6 of the magnitude.)
     seg_truth, full_truth = _inference_logits(copy.deepcopy(model).double(), ids)
     assert_within(seg_train, seg_truth, seg_logits, "segmented training forward")
     assert_within(full_train, full_truth, full_logits, "full training forward")
