@@ -46,3 +46,16 @@ def tolerance(truth: torch.Tensor, base: torch.Tensor, factor: float = 2.0) -> f
 def assert_within(got: torch.Tensor, truth: torch.Tensor, base: torch.Tensor, what: str, factor: float = 2.0) -> None:
     err, tol = max_error(got, truth), tolerance(truth, base, factor)
     assert err <= tol, f"{what}: max error {err:.3e} > {tol:.3e} ({factor}x plain float32's {max_error(base, truth):.3e})"
+
+
+def rope_truth(model: torch.nn.Module, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """x [..., L, D] rotated at `positions` [L] in float64, tables included: the truth a float32
+    rotation (transformers' or ours) is measured against. Reads the model's inverse frequencies and
+    attention factor, so rope scalings that only rescale those (default, llama3, YaRN) are covered."""
+    rotary = model.model.rotary_emb
+    angles = positions.double()[:, None] * rotary.inv_freq.double()[None, :]
+    emb = torch.cat([angles, angles], dim=-1)
+    cos, sin = emb.cos() * rotary.attention_scaling, emb.sin() * rotary.attention_scaling
+    x = x.double()
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin

@@ -6,6 +6,7 @@ task YAMLs over jsonl files written into the test's tmp dir.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -24,6 +25,8 @@ from lm_eval.api.instance import Instance  # noqa: E402
 
 from segbench.errors import UserError  # noqa: E402
 from segbench.lm_eval_bridge import SegbenchLM, method_params  # noqa: E402
+
+from .helpers import assert_within  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = "the quick brown fox jumps over a lazy dog while seven small birds sing in the old oak tree".split()
@@ -62,11 +65,15 @@ def test_loglikelihood_through_full_equals_a_plain_forward(full_lm):
 
     ctx, cont = full_lm._encode_pair(context, continuation)
     assert len(cont) > 1  # several continuation tokens, so decode steps are exercised
-    with torch.inference_mode():
-        logits = full_lm.model(input_ids=torch.tensor([ctx + cont])).logits[0].float()
-    logprobs = logits[len(ctx) - 1 : -1].log_softmax(dim=-1)  # the positions that predict each continuation token
-    expected = float(logprobs[torch.arange(len(cont)), torch.tensor(cont)].sum())
-    assert logprob == pytest.approx(expected, abs=1e-4)
+    def plain_forward(model) -> tuple[float, torch.Tensor]:
+        with torch.inference_mode():
+            logits = model(input_ids=torch.tensor([ctx + cont])).logits[0]
+        logprobs = logits[len(ctx) - 1 : -1].log_softmax(dim=-1)  # the positions that predict each continuation token
+        return float(logprobs[torch.arange(len(cont)), torch.tensor(cont)].sum()), logprobs
+
+    expected, logprobs = plain_forward(full_lm.model)  # plain float32: the bar
+    truth, _ = plain_forward(copy.deepcopy(full_lm.model).double())  # the same at float64: the truth
+    assert_within(torch.tensor(logprob), torch.tensor(truth), torch.tensor(expected), "summed log-prob")
     assert greedy == bool((logprobs.argmax(dim=-1) == torch.tensor(cont)).all())
 
 

@@ -302,3 +302,29 @@ def test_chunked_prefill_equals_one_shot_then_greedy_decode(params):
         got, got_ids = greedy(_model(), {"prefill": "chunked", "chunk_size": chunk})
         _assert_within(got, truth, one, f"chunk {chunk}")
         assert got_ids == one_ids == truth_ids
+
+
+# The shared matrix runs LongGen's small_params (sink_window); the strided pattern owes the same
+# invariants, checked here with the matrix's own helpers on one family (same 2x-fp32 bar). Block 6:
+# the prompt ends inside block 26 and decode crosses into block 27, which drops block 25 (local, not
+# a stride block), so eviction at a block boundary happens during decode too.
+STRIDED_SMALL = {"pattern": "strided", "block": 6, "sink_blocks": 1, "local_blocks": 2, "stride": 4, "query_tile": 40}
+
+
+@pytest.mark.parametrize("prefill", [{"prefill": "one_shot"}, {"prefill": "chunked", "chunk_size": 48}])
+def test_strided_pattern_passes_the_matrix_invariants(prefill):
+    from .test_method_matrix import CUTS, DECODE, _assert_agree, generate, trace
+    from .test_method_matrix import PROMPT as M_PROMPT
+
+    preset, params = "tiny-llama", {**STRIDED_SMALL, **prefill}
+    longer = trace("longgen", params, preset, M_PROMPT)
+    for cut in CUTS:  # causality
+        _assert_agree(longer[:cut], trace("longgen", params, preset, cut), preset, f"strided {params}: first {cut}")
+    decoded = trace("longgen", params, preset, M_PROMPT, DECODE)  # prefill/decode consistency
+    _assert_agree(decoded, trace("longgen", params, preset, M_PROMPT + DECODE), preset, f"strided {params}: decode")
+    if prefill["prefill"] == "chunked":  # chunked == one-shot
+        one = trace("longgen", {**STRIDED_SMALL, "prefill": "one_shot"}, preset, M_PROMPT, DECODE)
+        _assert_agree(decoded, one, preset, f"strided {params} vs one-shot")
+    _, _, method, kv, _ = generate("longgen", params, preset)  # stored KV == the analytic model, and evicted
+    assert kv == method.estimate(shape_of(preset), M_PROMPT, 4, "cpu").stored_kv_bytes
+    assert kv < make_method("full", {}).estimate(shape_of(preset), M_PROMPT, 4, "cpu").stored_kv_bytes

@@ -16,7 +16,7 @@ from segbench import hf, kv
 from segbench.method import make_method
 from segbench.models import shape_of
 
-from .helpers import assert_within
+from .helpers import assert_within, rope_truth
 
 PRESET = "tiny-llama"  # 8 query heads, 2 KV heads, head_dim 32, 4 layers
 
@@ -139,8 +139,13 @@ def test_rerotation_equals_reference_rotation():
     for p in (0, 3, 4, 1000):
         slots = torch.full((6,), p)
         cos, sin = hf.rotary_cos_sin(_model(), slots[None], torch.float32)
-        assert torch.equal(
-            kv.rope_rotate(k_pre_HLD, cos[:, None], sin[:, None])[0], rope_reference(k_pre_HLD, slots)
+        # Same float32 tables, same formula, but op order and fused multiply-adds may differ between
+        # builds and CPUs: bit equality is not owed, 2x transformers' float32 error against float64 is.
+        assert_within(
+            kv.rope_rotate(k_pre_HLD, cos[:, None], sin[:, None])[0],
+            rope_truth(_model(), k_pre_HLD, slots),
+            rope_reference(k_pre_HLD, slots),
+            f"slot {p}",
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from segbench.train.config import (
 )
 from segbench.train.model import new_model, read_record
 from segbench.typed import from_dict
+
+from .helpers import assert_within
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "segbench" / "presets" / "trained"
@@ -188,17 +191,26 @@ def test_training_forward_equals_the_inference_adapters(length):
         seg_train = head(forward.hidden_states(model, "segmented", ids, cfg.segmented.method_params())[:, -1])
         full_train = head(forward.hidden_states(model, "full", ids, {})[:, -1])
     model.eval()
-    with torch.inference_mode():
-        seg_infer = make_method("segmented", cfg.segmented.method_params())
-        seg_infer.setup(model, device="cpu", dtype="float32")
-        seg_logits = seg_infer.prefill(model, ids).logits
-        full_infer = make_method("full", {})
-        full_infer.setup(model, device="cpu", dtype="float32")
-        full_logits = full_infer.prefill(model, ids).logits
-    torch.testing.assert_close(seg_train, seg_logits, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(full_train, full_logits, rtol=1e-5, atol=1e-5)
+    seg_logits, full_logits = _inference_logits(model, ids)
+    # The bar: the inference adapters at float32 against the same adapters on a float64 copy. (Rope
+    # re-rotates stored keys in float32 even on a float64 model, so the segmented truth keeps that
+    # rounding; it is ~1e-7 relative, inside the rule's floor of 1e-6 of the magnitude.)
+    seg_truth, full_truth = _inference_logits(copy.deepcopy(model).double(), ids)
+    assert_within(seg_train, seg_truth, seg_logits, "segmented training forward")
+    assert_within(full_train, full_truth, full_logits, "full training forward")
     if length > 16 + 4:  # past one segment and its tail the two executions really differ
         assert (seg_logits - full_logits).abs().max() > 1e-3
+
+
+def _inference_logits(model, ids) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last-position logits of the segmented and the full inference adapters, in the model's dtype."""
+    out = []
+    with torch.inference_mode():
+        for name, params in (("segmented", TINY_SEG.method_params()), ("full", {})):
+            method = make_method(name, params)
+            method.setup(model, device="cpu", dtype="float32")
+            out.append(method.prefill(model, ids).logits)
+    return out[0], out[1]
 
 
 @pytest.mark.parametrize("name", ["tiny-llama-retrieval-seg", "tiny-llama-retrieval-full"])
