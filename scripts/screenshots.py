@@ -28,18 +28,9 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from segbench.dashboard_launcher import CHROMIUM, CHROMIUM_ARGS
+
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("SEGBENCH_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 VIEWPORT = {"width": 1500, "height": 1000}
 # The trace role each page's figure must hold before it counts as drawn (see segbench.figures).
 DRAWN_ROLE = {"Pareto": "points", "Scaling": "measured", "Timeline": "timeline", "Compare runs": "ratio"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import os
 import signal
 import subprocess
 import sys
@@ -95,3 +96,19 @@ def _on_sigterm(handler):
         return signal.signal(signal.SIGTERM, signal.SIG_DFL if handler is None else handler)
     except ValueError:  # signal handlers can only be set from the main thread
         return None
+
+
+# Headless Chromium for the screenshots script and the browser test: Debian's binary (a test tool's
+# own browser download cannot work offline), with the background services off, whose connections
+# a closed network refuses many at a time.
+CHROMIUM = os.environ.get("SEGBENCH_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
