@@ -256,18 +256,37 @@ def cmd_estimate(args) -> int:
     table = Table(title=f"analytic memory: {args.model}, {args.dtype}, {args.device}")
     for col in ("method", "context", "weights", "stored KV", "peak prefill", "peak - weights"):
         table.add_column(col, justify="right")
-    for name in names:
-        method = make_method(name, params if args.method else {}, where="--param")
+    rows = [(name, name, params if args.method else {}) for name in names]
+    if not args.method:
+        # A method with both prefill modes (full, snapkv) shows its chunked one too: a chunked
+        # dense prefill is the baseline a long-context user compares against first.
+        rows = [r for name, label, p in rows for r in ((name, label, p), *(
+            [(name, f"{label} (chunked)", {"prefill": "chunked"})] if _has_chunked_prefill(name) else []))]
+    for name, label, method_params in rows:
+        method = make_method(name, method_params, where="--param")
         for ctx in contexts:
             try:
                 method.check(shape, ctx)
             except Unsupported as e:
                 raise UserError(f"{name} cannot run {args.model} at {ctx}: {e}") from None
             est = method.estimate(shape, ctx, DTYPE_BYTES[args.dtype], args.device)
-            table.add_row(name, str(ctx), human_bytes(est.weights_bytes), human_bytes(est.stored_kv_bytes),
+            table.add_row(label, str(ctx), human_bytes(est.weights_bytes), human_bytes(est.stored_kv_bytes),
                           human_bytes(est.peak_prefill_bytes), human_bytes(est.peak_over_weights_bytes))
     Console(width=max(120, Console().width)).print(table)
     return 0
+
+
+def _has_chunked_prefill(name: str) -> bool:
+    import dataclasses
+    import typing
+
+    from segbench.method import method_class
+
+    fields = {f.name: f for f in dataclasses.fields(method_class(name).Params)}
+    if "prefill" not in fields:
+        return False
+    hints = typing.get_type_hints(method_class(name).Params)
+    return "chunked" in typing.get_args(hints.get("prefill")) and fields["prefill"].default != "chunked"
 
 
 def _parse_param(text: str):
