@@ -32,7 +32,7 @@ do not depend on the chunk size, so clamping it changes memory and speed only) a
       their delta (no mask),
   (c) the chunk itself, causal (no mask: a chunk no longer than the window needs no band),
 merged with their log-sum-exps; then the chunk's keys are written into their ring slots. The
-log-sum-exp comes from the CPU flash kernel (`_scaled_dot_product_flash_attention_for_cpu`,
+log-sum-exp comes from `hf.attention_lse`: the CPU flash kernel (`_scaled_dot_product_flash_attention_for_cpu`,
 GQA without expanding K/V) or, on CUDA, the memory-efficient kernel (K/V expanded to the query
 heads for that call). The first chunk, with nothing cached, is one plain causal SDPA call.
 
@@ -132,36 +132,8 @@ def cached_positions(seen: int, sinks: int, window: int, device=None) -> torch.T
     return torch.where(slots < sinks, slots, latest)
 
 
-def attention_lse(q_BHND, k_BKLD, v_BKLD, bias_11NL, causal: bool, scale: float):
-    """softmax(q k^T * scale + bias) v and its log-sum-exp: ([B, H, N, D], float32 [B, H, N])."""
-    if q_BHND.device.type == "cpu":  # GQA in the kernel, no K/V expansion
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q_BHND, k_BKLD, v_BKLD, 0.0, causal, attn_mask=bias_11NL, scale=scale
-        )
-        hf.BACKENDS.add("sdpa:flash_cpu+lse")
-        return out, lse.float()
-    groups = q_BHND.shape[1] // k_BKLD.shape[1]
-    if groups > 1:
-        k_BKLD, v_BKLD = k_BKLD.repeat_interleave(groups, 1), v_BKLD.repeat_interleave(groups, 1)
-    bias = None
-    if bias_11NL is not None:
-        b, h, n, length = q_BHND.shape[0], q_BHND.shape[1], bias_11NL.shape[2], bias_11NL.shape[3]
-        # The kernel wants the bias rows 16-element aligned; broadcast over batch and heads is free.
-        padded = bias_11NL.new_zeros(n, -(-length // 16) * 16)
-        padded[:, :length] = bias_11NL[0, 0]
-        bias = padded[:, :length].expand(b, h, n, length)
-    out, lse, *_ = torch.ops.aten._scaled_dot_product_efficient_attention(
-        q_BHND, k_BKLD, v_BKLD, bias, True, 0.0, causal, scale=scale
-    )
-    hf.BACKENDS.add("sdpa:efficient+lse")
-    return out, lse[..., : q_BHND.shape[2]].float()
-
-
-def merge(parts) -> torch.Tensor:
-    """Attention over the union of disjoint key sets from each set's (output, log-sum-exp)."""
-    weights_PBHN = torch.stack([lse for _, lse in parts]).softmax(dim=0)
-    out = sum(o.float() * w[..., None] for (o, _), w in zip(parts, weights_PBHN, strict=True))
-    return out.to(parts[0][0].dtype)
+# The log-sum-exp attention and merge of the split prefill (module names, so tests can spy on them).
+attention_lse, merge = hf.attention_lse, hf.merge_lse
 
 
 def streaming_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):

@@ -238,14 +238,9 @@ def bottom_right_causal(query, key, value, scale: float | None = None) -> torch.
         except (RuntimeError, TypeError, ValueError):  # a torch whose bias path refuses GQA: merge below
             pass
     prefix = n_k - n_q
-    out_a, lse_a = _folded_unmasked_lse(query, key[:, :, :prefix], value[:, :, :prefix], scale)
-    out_b, lse_b = _attention_lse(query, key[:, :, prefix:], value[:, :, prefix:], True, scale)
-    # Merge the two softmax partitions: weights exp(lse_part - lse_total), in fp32.
-    lse = torch.logaddexp(lse_a, lse_b)
-    w_a = torch.exp(lse_a - lse).unsqueeze(-1)
-    w_b = torch.exp(lse_b - lse).unsqueeze(-1)
-    out = (out_a.float() * w_a + out_b.float() * w_b).to(query.dtype)
-    return out.transpose(1, 2).contiguous()
+    earlier = _folded_unmasked_lse(query, key[:, :, :prefix], value[:, :, :prefix], scale)
+    chunk = attention_lse(query, key[:, :, prefix:], value[:, :, prefix:], None, True, scale)
+    return merge_lse([earlier, chunk]).transpose(1, 2).contiguous()
 
 
 def _lower_right_flash_ok(query, key, value) -> bool:
@@ -262,33 +257,53 @@ def _folded_unmasked_lse(query, key, value, scale):
     batch, heads, n_q, dim = query.shape
     kv_heads = key.shape[1]
     q_fold = query.reshape(batch, kv_heads, (heads // kv_heads) * n_q, dim)
-    out, lse = _attention_lse(q_fold, key, value, False, scale)
+    out, lse = attention_lse(q_fold, key, value, None, False, scale)
     return out.reshape(batch, heads, n_q, dim), lse.reshape(batch, heads, n_q)
 
 
-def _attention_lse(query, key, value, causal: bool, scale: float):
-    """(out [B, H, Lq, D], logsumexp [B, H, Lq] fp32) from a fused kernel that returns both."""
-    if query.shape[1] != key.shape[1] and query.device.type != "cpu":
-        groups = query.shape[1] // key.shape[1]  # only the chunk's own K/V get here (see above)
-        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    if query.device.type == "cpu":
+def attention_lse(q_BHND, k_BKLD, v_BKLD, bias_11NL, causal: bool, scale: float):
+    """softmax(q k^T * scale + bias) v and its log-sum-exp: ([B, H, N, D], float32 [B, H, N]).
+
+    One fused call that returns both, for attention split over disjoint key sets and put back
+    together by `merge_lse` (chunked prefill's earlier-KV / chunk split, StreamingLLM's ring /
+    sinks / chunk). CPU: the flash kernel, GQA native (K/V expanded only on a torch whose op lacks
+    it). CUDA: the memory-efficient kernel, K/V expanded (these are chunk- or cache-sized), the bias
+    stored with 16-aligned rows as that kernel requires.
+    """
+    groups = q_BHND.shape[1] // k_BKLD.shape[1]
+    if q_BHND.device.type == "cpu":
         try:
             out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                query, key, value, 0.0, causal, attn_mask=None, scale=scale
+                q_BHND, k_BKLD, v_BKLD, 0.0, causal, attn_mask=bias_11NL, scale=scale
             )[:2]
-        except RuntimeError:  # a torch without native GQA in this op: expand the (chunk-sized) K/V
-            groups = query.shape[1] // key.shape[1]
-            key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+        except RuntimeError:  # a torch without native GQA in this op
+            k_BKLD, v_BKLD = k_BKLD.repeat_interleave(groups, dim=1), v_BKLD.repeat_interleave(groups, dim=1)
             out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                query, key, value, 0.0, causal, attn_mask=None, scale=scale
+                q_BHND, k_BKLD, v_BKLD, 0.0, causal, attn_mask=bias_11NL, scale=scale
             )[:2]
         BACKENDS.add("sdpa:flash_cpu_lse_merge")
         return out, lse.float()
+    if groups > 1:
+        k_BKLD, v_BKLD = k_BKLD.repeat_interleave(groups, dim=1), v_BKLD.repeat_interleave(groups, dim=1)
+    bias = None
+    if bias_11NL is not None:
+        b, h, n, length = q_BHND.shape[0], q_BHND.shape[1], bias_11NL.shape[2], bias_11NL.shape[3]
+        padded = bias_11NL.new_zeros(n, -(-length // 16) * 16)
+        padded[:, :length] = bias_11NL[0, 0]
+        bias = padded[:, :length].expand(b, h, n, length)  # broadcast over batch and heads is free
     out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
-        query, key, value, None, True, 0.0, causal, scale=scale
+        q_BHND, k_BKLD, v_BKLD, bias, True, 0.0, causal, scale=scale
     )[:2]
     BACKENDS.add("sdpa:efficient_lse_merge")
-    return out, lse[:, :, : query.shape[2]].float()
+    return out, lse[..., : q_BHND.shape[2]].float()
+
+
+def merge_lse(parts) -> torch.Tensor:
+    """Attention over the union of disjoint key sets, from each set's (output, log-sum-exp):
+    weights softmax over the parts' lse, in float32, back to the outputs' dtype."""
+    weights_PBHN = torch.stack([lse for _, lse in parts]).softmax(dim=0)
+    out = sum(o.float() * w[..., None] for (o, _), w in zip(parts, weights_PBHN, strict=True))
+    return out.to(parts[0][0].dtype)
 
 
 _registered = False
