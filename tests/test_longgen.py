@@ -13,6 +13,8 @@ from segbench.errors import UserError
 from segbench.method import Unsupported, make_method
 from segbench.models import shape_of
 
+from .helpers import assert_within
+
 SINK_WINDOW = {"full_layers": [1, 2], "sink": 4, "window": 24, "query_tile": 64}
 STRIDED = {"full_layers": [1, 2], "pattern": "strided", "block": 8, "sink_blocks": 1, "local_blocks": 2,
            "stride": 4, "query_tile": 40}
@@ -122,13 +124,13 @@ def test_sparse_attention_equals_plain_masked_attention(params, text, tile):
     got = method.sparse_attention(module, q, k, v, torch.arange(n), None)
     # fp64 on both sides: the bar is plain fp32 PyTorch's error against this fp64 reference.
     plain = _masked_attention(q.float(), k.float(), v.float(), expected)
-    _assert_within(got, ref, plain, "one-shot tiles")
+    assert_within(got, ref, plain, "one-shot tiles")
     # A later chunk over a compacted cache: the keys stored at its start plus the chunk itself.
     start = 7
     stored = method.allowed(torch.tensor([start]), torch.arange(start))[0].nonzero()[:, 0]
     pos_K = torch.cat([stored, torch.arange(start, n)])
     got = method.sparse_attention(module, q[:, :, start:], k[:, :, pos_K], v[:, :, pos_K], pos_K, None)
-    _assert_within(got, ref[:, start:], plain[:, start:], "later chunk")
+    assert_within(got, ref[:, start:], plain[:, start:], "later chunk")
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,16 +141,6 @@ def test_sparse_attention_equals_plain_masked_attention(params, text, tile):
 def _model(double: bool = False):
     model = hf.build_model("tiny-llama", dtype="float32", device="cpu", seed=0)
     return model.double() if double else model
-
-
-def _bar(truth: torch.Tensor, plain: torch.Tensor) -> float:
-    """2x plain fp32 PyTorch's error against fp64, with a floor of 1e-6 of the magnitude."""
-    return 2 * (plain.double() - truth).abs().max().item() + 1e-6 * truth.abs().max().item()
-
-
-def _assert_within(got: torch.Tensor, truth: torch.Tensor, plain: torch.Tensor, what: str) -> None:
-    err = (got.double() - truth).abs().max().item()
-    assert err <= _bar(truth, plain), f"{what}: error {err:.2e} > bar {_bar(truth, plain):.2e}"
 
 
 def _reference_mask(params: dict, q_pos_Q, k_pos_K, sparse: bool):
@@ -204,12 +196,12 @@ def test_compacted_prefill_and_decode_match_the_uncompacted_reference(params, ke
             assert layer.positions[order].tolist() == kept
             # The stored K/V are the reference's K/V at exactly those positions.
             for name in ("keys", "values"):
-                _assert_within(getattr(layer, name)[:, :, order], getattr(truth_cache.layers[i], name)[:, :, kept],
+                assert_within(getattr(layer, name)[:, :, order], getattr(truth_cache.layers[i], name)[:, :, kept],
                                getattr(ref_cache.layers[i], name)[:, :, kept], f"layer {i} {name}")
         assert method.kv_cache_bytes(gen) == method.estimate(shape_of("tiny-llama"), PROMPT, 4, "cpu").stored_kv_bytes
-        _assert_within(gen.logits, truth_prefill, ref_prefill, "prefill logits")
+        assert_within(gen.logits, truth_prefill, ref_prefill, "prefill logits")
         gen = method.decode(model, next_token, gen)
-    _assert_within(gen.logits, truth_decode, ref_decode, "decode logits")
+    assert_within(gen.logits, truth_decode, ref_decode, "decode logits")
     assert gen.state.layers[0].seen == PROMPT + 1 and gen.next_position == PROMPT + 1
     assert gen.state.layers[0].positions.numel() == method.kept_tokens(PROMPT + 1)
 
@@ -275,7 +267,7 @@ def test_cuda_strided_prefill_runs_the_kernel_and_matches_the_mask_path():
     with torch.inference_mode():
         gen = method.prefill(model64, ids)
         truth = method.decode(model64, torch.tensor([[17]]), gen).logits
-    _assert_within(logits["cuda"], truth, logits["cpu"], "cuda kernel path")
+    assert_within(logits["cuda"], truth, logits["cpu"], "cuda kernel path")
 
 
 @pytest.mark.parametrize("params", [SINK_WINDOW, STRIDED])
@@ -300,7 +292,7 @@ def test_chunked_prefill_equals_one_shot_then_greedy_decode(params):
     one, one_ids = greedy(_model(), {"prefill": "one_shot"})
     for chunk in (29, 48):
         got, got_ids = greedy(_model(), {"prefill": "chunked", "chunk_size": chunk})
-        _assert_within(got, truth, one, f"chunk {chunk}")
+        assert_within(got, truth, one, f"chunk {chunk}")
         assert got_ids == one_ids == truth_ids
 
 

@@ -23,6 +23,7 @@ from segbench import hf
 from segbench.method import make_method
 
 from .conftest import TINY_PRESETS
+from .helpers import assert_within
 
 DECODE = 4
 
@@ -53,13 +54,6 @@ def run(name: str, params: dict, model, ids, steps: int = DECODE):
     return torch.stack(logits), tokens, method, gen
 
 
-def within_bar(got: torch.Tensor, truth: torch.Tensor, plain: torch.Tensor) -> tuple[bool, str]:
-    """got is within 2x plain fp32's error against the fp64 truth (floor: 1e-6 of the magnitude)."""
-    bar = 2 * (plain - truth).abs().max().item() + 1e-6 * truth.abs().max().item()
-    err = (got - truth).abs().max().item()
-    return err <= bar, f"error {err:.2e} > bar {bar:.2e}"
-
-
 @pytest.mark.parametrize("preset", TINY_PRESETS)
 def test_chunked_prefill_equals_one_shot(preset):
     ids = _ids(333)
@@ -68,8 +62,7 @@ def test_chunked_prefill_equals_one_shot(preset):
     assert one_ids == truth_ids
     for chunk in (7, 100, 333, 1000):
         got, got_ids, method, gen = run("full", {"prefill": "chunked", "chunk_size": chunk}, _model(preset), ids)
-        ok, why = within_bar(got, truth, one)
-        assert ok, f"{preset} chunk {chunk}: {why}"
+        assert_within(got, truth, one, f"{preset} chunk {chunk}")
         assert got_ids == one_ids
         if chunk < 333:
             assert "lse_merge" in method.attention_backend(), method.attention_backend()
@@ -153,8 +146,7 @@ def test_in_place_decode_equals_dynamic_cache_decode(prefill):
     truth, _ = _dynamic_cache_greedy(_model("tiny-llama", True), ids, steps)
     plain, plain_ids = _dynamic_cache_greedy(_model("tiny-llama"), ids, steps)
     got, got_ids, _, gen = run("full", {"prefill": prefill, "chunk_size": 64}, _model("tiny-llama"), ids, steps)
-    ok, why = within_bar(got, truth, plain)
-    assert ok, why
+    assert_within(got, truth, plain, "in-place decode")
     assert got_ids == plain_ids
 
 

@@ -12,7 +12,7 @@ from segbench.methods import snapkv
 from segbench import hf, kv
 from segbench.method import make_method
 
-from .helpers import assert_within, tolerance
+from .helpers import assert_within, max_error, tolerance
 from .test_streamingllm import PRESET, _ids, _model, attention_by_hand, forward_token_by_hand, rope_reference
 
 # --------------------------------------------------------------------------------------------
@@ -53,9 +53,7 @@ def assert_votes_close(got, q_BHWD, k_BKLD, scaling, pooling, kernel) -> None:
     1e-6 of the magnitude): an exact 1e-7 would depend on the CPU's summation order."""
     truth = votes_by_hand(q_BHWD, k_BKLD, scaling, pooling, kernel)
     plain = votes_by_hand(q_BHWD, k_BKLD, scaling, pooling, kernel, torch.float32).double()
-    bar = 2 * (plain - truth).abs().max().item() + 1e-6 * truth.abs().max().item()
-    err = (got.double() - truth).abs().max().item()
-    assert err <= bar, f"votes off by {err:.2e} > {bar:.2e}"
+    assert_within(got, truth, plain, "votes")
 
 
 def test_each_kv_group_votes_with_all_its_query_heads():
@@ -220,8 +218,7 @@ def _greedy(params: dict, ids: torch.Tensor, model, steps: int = 3):
 
 
 def _within(got, truth, plain) -> bool:
-    bar = 2 * (plain.double() - truth.double()).abs().max() + 1e-6 * truth.double().abs().max()
-    return bool((got.double() - truth.double()).abs().max() <= bar)
+    return max_error(got, truth) <= tolerance(truth, plain)
 
 
 @pytest.mark.parametrize("chunk_size", [37, 24])  # last chunk shorter than the window / a multiple
