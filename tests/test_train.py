@@ -16,8 +16,10 @@ from segbench.method import make_method
 from segbench.train import data, forward
 from segbench.train.config import (
     DataConfig,
+    EvalConfig,
     ModelConfig,
     OptimConfig,
+    RulerDataConfig,
     RunConfig,
     SegmentedConfig,
     TrainConfig,
@@ -38,7 +40,7 @@ TINY_SEG = SegmentedConfig(segment=16, tail=4, topk=1, block=8, long_range_layer
 def tiny_config(attention: str, steps: int = 20) -> TrainConfig:
     return TrainConfig(
         runs=(RunConfig("t", attention, "unused"),), model=TINY_MODEL, segmented=TINY_SEG,
-        data=DataConfig(length=48, pair_density=0.6, keys=8, values=8),
+        data=DataConfig(length=49, pair_density=0.6, keys=8, key_words=8, values=8),
         optim=OptimConfig(steps=steps, batch_size=8, lr=1e-2, warmup=2),
     )
 
@@ -67,18 +69,33 @@ def test_config_refuses_unknown_keys_and_training_seed_reuse(tmp_path):
 
 
 def test_the_asked_pair_lies_once_before_the_questions_segment_and_tail():
-    cfg = DataConfig(length=48, pair_density=0.6, keys=8, values=8)
-    ids, answers, recall = data.make_batch(cfg, 32, np.random.default_rng(0), 16, 4)
-    limit = data.pair_limit(cfg, 16, 4)
+    cfg = DataConfig(length=49, pair_density=0.6, keys=8, key_words=8, values=8)
+    ids, answers, recall = data.make_batch(cfg, 32, np.random.default_rng(0), 4)
+    limit = data.pair_limit(cfg, 4)
+    assert limit == 49 - 1 - 4
     for row in range(32):
-        key = int(ids[row, -1])
-        where = [i for i in range(1, ids.shape[1] - 2) if int(ids[row, i]) == key]
-        assert len(where) == 1 and where[0] + 1 < limit  # out of every local window of segmented inference
-        assert int(ids[row, where[0] + 1]) == int(answers[row])
-        for pos in recall[row].nonzero().flatten().tolist():  # a recall target: same key, same value before
-            first = [i for i in range(1, pos - 1) if int(ids[row, i]) == int(ids[row, pos - 1])]
+        a, b = int(ids[row, -2]), int(ids[row, -1])
+        where = [i for i in range(1, ids.shape[1] - 3) if int(ids[row, i]) == a]
+        # Once, whole pair before the question's segment (which opens at the last token) minus the tail.
+        assert len(where) == 1 and where[0] + 2 < limit
+        assert int(ids[row, where[0] + 1]) == b and int(ids[row, where[0] + 2]) == int(answers[row])
+        assert b not in [int(t) for t in ids[row, : where[0] + 1]] + [int(t) for t in ids[row, where[0] + 2 : -1]]
+        for pos in recall[row].nonzero().flatten().tolist():  # a recall target: what followed the same token before
+            prev = int(ids[row, pos - 1])
+            first = [i for i in range(1, pos - 1) if int(ids[row, i]) == prev]
             assert first and int(ids[row, first[0] + 1]) == int(ids[row, pos])
     assert recall.sum() > 32
+
+
+def test_the_asked_keys_first_word_is_a_segments_last_query():
+    """The causal rule picks the question segment's blocks with the previous segment's last query:
+    that must be the asked key's first word, and the recipe refuses lengths that break it."""
+    cfg = tiny_config("segmented")
+    seg = cfg.segmented.segment
+    assert (cfg.data.length - 2) % seg == seg - 1 and (cfg.data.length - 1) % seg == 0
+    with pytest.raises(UserError, match="one more than a multiple of segmented.segment"):
+        from_dict(TrainConfig, {"runs": [{"name": "a", "attention": "full", "out": "x"}],
+                                "segmented": {"segment": 16, "tail": 4, "block": 8}, "data": {"length": 48}}, "t.yaml")
 
 
 @pytest.mark.parametrize("attention", ["full", "segmented"])
@@ -131,7 +148,7 @@ def test_retrieved_prefix_passes_no_gradient():
     cfg = tiny_config("segmented")
     model = new_model(cfg.model, seed=0)
     method = forward.segmented_method_for(model, {**cfg.segmented.method_params(), "long_range_tail": False})
-    ids, _, _ = data.make_batch(cfg.data, 1, np.random.default_rng(1), 16, 4)
+    ids = data.make_batch(cfg.data, 1, np.random.default_rng(1), 4)[0][:, :48]  # three whole segments
     grad, state = _embeds_grad(model, method, ids, loss_pos=31)  # the last token of segment 2 (16..31)
     assert (grad[12:16] > 0).all()  # segment 1's last M=4 tokens: the carried tail
     assert (grad[:12] == 0).all()  # outside the tail: pooled and retrievable, but the prefix is detached
@@ -151,7 +168,7 @@ def test_long_range_tail_carries_gradient_through_depth():
     cfg = tiny_config("segmented")
     model = new_model(cfg.model, seed=0)
     method = forward.segmented_method_for(model, {**cfg.segmented.method_params(), "topk": 0})
-    ids, _, _ = data.make_batch(cfg.data, 1, np.random.default_rng(1), 16, 4)
+    ids = data.make_batch(cfg.data, 1, np.random.default_rng(1), 4)[0][:, :48]  # three whole segments
     grad, _ = _embeds_grad(model, method, ids, loss_pos=31)
     assert (grad[:32] > 0).all() and (grad[32:] == 0).all()
 
@@ -160,7 +177,7 @@ def test_outside_the_tail_and_without_retrieval_no_gradient():
     cfg = tiny_config("segmented")
     model = new_model(cfg.model, seed=0)
     method = forward.segmented_method_for(model, {**cfg.segmented.method_params(), "topk": 0, "long_range_tail": False})
-    ids, _, _ = data.make_batch(cfg.data, 1, np.random.default_rng(2), 16, 4)
+    ids = data.make_batch(cfg.data, 1, np.random.default_rng(2), 4)[0][:, :48]  # three whole segments
     grad, _ = _embeds_grad(model, method, ids, loss_pos=47)
     assert (grad[28:32] > 0).all() and (grad[:28] == 0).all()
 
@@ -185,7 +202,7 @@ def test_gradient_reaches_only_the_immediately_preceding_segment():
 def test_training_forward_equals_the_inference_adapters(length):
     cfg = tiny_config("segmented")
     model = new_model(cfg.model, seed=3)
-    ids = data.make_batch(cfg.data, 1, np.random.default_rng(4), 16, 4)[0][:, :length]
+    ids = data.make_batch(cfg.data, 1, np.random.default_rng(4), 4)[0][:, :length]
     head = model.get_output_embeddings()
     with torch.no_grad():
         seg_train = head(forward.hidden_states(model, "segmented", ids, cfg.segmented.method_params())[:, -1])
@@ -213,7 +230,7 @@ def _inference_logits(model, ids) -> tuple[torch.Tensor, torch.Tensor]:
     return out[0], out[1]
 
 
-@pytest.mark.parametrize("name", ["tiny-llama-retrieval-seg", "tiny-llama-retrieval-full"])
+@pytest.mark.parametrize("name", ["tiny-llama-retrieval-seg", "tiny-llama-retrieval-full", "tiny-llama-niah"])
 def test_shipped_checkpoint_reproduces_its_recorded_score(name):
     from segbench.train.evaluate import fixed_sample_scores, load_trained
 
@@ -230,3 +247,52 @@ def test_shipped_checkpoint_reproduces_its_recorded_score(name):
     # a full-attention score that must reproduce; its segmented score cannot, until it is retrained.
     if record.get("segmented_rule") == segments.SEGMENTED_RULE:
         assert again["segmented"] == record["fixed_sample"]["segmented"]
+
+
+def ruler_config(steps: int = 6) -> TrainConfig:
+    return TrainConfig(
+        runs=(RunConfig("niah", "full", "unused"),), task="ruler", model=TINY_MODEL,
+        segmented=SegmentedConfig(segment=64, tail=32, topk=1, block=16, long_range_layers=(1,)),
+        ruler=RulerDataConfig(min_length=128, max_length=192), eval=EvalConfig(seed=500_000, fixed_n=2, curve_every=3, curve_n=2),
+        optim=OptimConfig(steps=steps, batch_size=2, lr=3e-3, warmup=1),
+    )
+
+
+def test_ruler_samples_are_the_suites_prompts_plus_answer_and_eos():
+    """A training sample is exactly the prompt an accuracy cell reads (same generator, same ids), then
+    ' NUMBER' and EOS, and the loss mask covers just those tokens."""
+    from segbench.accuracy import ruler
+    from segbench.accuracy.tokenizer import load_tokenizer
+    from segbench.train import ruler_data
+
+    tok = load_tokenizer("tiny")
+    cfg = ruler_config().ruler
+    ids, target, answer = ruler_data.sample(cfg, 160, 1_234_567)
+    prompt = ruler.sample_token_ids(tok, ruler.generate("niah_single_1", 160, 1, tok, seed=1_234_567)[0])
+    n = len(prompt)
+    assert ids[0, :n].tolist() == prompt and not target[0, :n].any() and target[0, n:].all()
+    assert tok.decode(ids[0, n:-1]).strip() == answer and int(ids[0, -1]) == tok.eos_token_id
+    lengths = [ruler_data.draw_length(cfg, np.random.default_rng(i)) for i in range(50)]
+    assert min(lengths) >= 128 and max(lengths) <= 192
+
+
+def test_ruler_recipe_keeps_training_seeds_apart_from_evaluation_seeds():
+    with pytest.raises(UserError, match="ruler.seed must be >= 1000"):
+        from_dict(TrainConfig, {"runs": [{"name": "a", "attention": "full", "out": "x"}], "task": "ruler",
+                                "ruler": {"seed": 0}}, "t.yaml")
+    with pytest.raises(UserError, match="held-out RULER seeds"):
+        from_dict(TrainConfig, {"runs": [{"name": "a", "attention": "full", "out": "x"}], "task": "ruler",
+                                "ruler": {"seed": 1_000_000}, "eval": {"seed": 950_000}}, "t.yaml")
+    cfg = load_config(REPO / "train" / "ruler_niah_tiny.yaml")
+    assert cfg.task == "ruler" and cfg.runs[0].out.endswith("tiny-llama-niah")
+
+
+def test_ruler_training_runs_and_logs_a_learning_curve():
+    from segbench.train.loop import train_run
+
+    cfg = ruler_config()
+    result = train_run(cfg, cfg.runs[0], progress=False)
+    assert result.steps == 6
+    assert [p["step"] for p in result.curve] == [0, 3, 6]
+    assert all({"full_infer", "seg_infer"} <= set(p) for p in result.curve)
+    assert "train_recall_loss" in result.curve[-1] and result.last_loss < result.first_loss

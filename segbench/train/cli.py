@@ -45,6 +45,8 @@ def train_one(cfg: TrainConfig, run: RunConfig, progress: bool) -> dict:
         "run": config_dict(run), "config": config_dict(cfg), "data_seed": cfg.data.seed, "init_seed": cfg.optim.seed,
         "steps": result.steps, "train_wall_s": round(result.wall_s, 1),
         "first_answer_loss": result.first_loss, "final_answer_loss": result.last_loss,
+        # Held-out accuracy under both inferences every eval.curve_every steps (the summary copies it).
+        "curve": result.curve,
         # What a reload must reproduce (tests/test_train.py checks it on the shipped checkpoints).
         "fixed_sample": fixed_sample_scores(result.model, cfg),
         # Which segmented execution trained and scored it (a checkpoint from an older rule reloads
@@ -77,6 +79,10 @@ def train_main(argv: list[str]) -> int:
             print(f"{run.name}: {record['steps']} steps in {time.perf_counter() - t0:.0f} s, answer loss "
                   f"{record['first_answer_loss']:.3f} -> {record['final_answer_loss']:.3f}; saved to {run.out}")
     if args.no_eval:
+        return 0
+    if cfg.task == "ruler":
+        # A RULER preset is evaluated where every method is: `segbench run` on a RULER suite.
+        print("task ruler: no 2x2 table; evaluate the checkpoint with `segbench run` on a RULER suite (suites/ruler_cpu.yaml)")
         return 0
     from segbench.train.evaluate import summarize
 

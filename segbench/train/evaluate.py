@@ -49,7 +49,7 @@ def predict(model: torch.nn.Module, attention: str, cfg: TrainConfig, n: int, se
     method = make_method("full", {}) if attention == "full" else make_method("segmented", cfg.segmented.method_params())
     method.setup(model, device="cpu", dtype="float32")
     tok = load_tokenizer("tiny")
-    ids, answers, _ = data.make_batch(cfg.data, n, np.random.default_rng(seed), cfg.segmented.segment, cfg.segmented.tail)
+    ids, answers, _ = data.make_batch(cfg.data, n, np.random.default_rng(seed), cfg.segmented.tail)
     preds, refs, out_ids = [], [], []
     for row in range(n):
         out = run_once(method, model, ids[row : row + 1], decode_tokens=0, device="cpu", eos_id=tok.eos_token_id)
@@ -64,14 +64,65 @@ def cell(scores: list[float]) -> dict:
     return {"score": 100 * float(np.mean(scores)), "ci95": [100 * lo, 100 * hi], "n": len(scores)}
 
 
+RULER_FIXED_LENGTH = 1024  # the recorded RULER score's prompt length: short enough for a test, past every local window
+RULER_FIXED_SEED_OFFSET = 50_000  # RULER sample seeds of the recorded score: eval.seed + this + i (the curve uses eval.seed + i)
+
+
+def predict_ruler(model: torch.nn.Module, attention: str, cfg: TrainConfig, n: int, seed: int,
+                  length: int = RULER_FIXED_LENGTH) -> tuple[list[float], list[list[int]]]:
+    """Per-sample RULER scores (0/1, the task's official metric) and generated ids, greedy until EOS."""
+    from segbench.accuracy import ruler
+    from segbench.accuracy import scoring
+    from segbench.worker import run_once
+
+    method = make_method("full", {}) if attention == "full" else make_method("segmented", cfg.segmented.method_params())
+    method.setup(model, device="cpu", dtype="float32")
+    tok = load_tokenizer("tiny")
+    preds, refs, out_ids = [], [], []
+    for i in range(n):
+        s = ruler.generate(cfg.ruler.task, length, 1, tok, seed=seed + i)[0]
+        ids = torch.tensor([ruler.sample_token_ids(tok, s)])
+        out = run_once(method, model, ids, decode_tokens=24, device="cpu", eos_id=tok.eos_token_id)
+        out_ids.append(out["output_token_ids"])
+        preds.append(scoring.postprocess_pred(tok.decode(out["output_token_ids"])))
+        refs.append(s["outputs"])
+    per_sample = (scoring.string_match_part_per_sample if rc_metric(cfg) == "string_match_part"
+                  else scoring.string_match_all_per_sample)  # as the accuracy harness scores RULER
+    return per_sample(preds, refs), out_ids
+
+
+def rc_metric(cfg: TrainConfig) -> str:
+    from segbench.accuracy.ruler_config import TASK_SPECS
+
+    return TASK_SPECS[cfg.ruler.task].metric
+
+
 def fixed_sample_scores(model: torch.nn.Module, cfg: TrainConfig) -> dict:
-    """The score recorded with a checkpoint: `eval.fixed_n` samples at seed eval.seed + 1, both inferences."""
-    seed = cfg.eval.seed + 1
+    """The score recorded with a checkpoint, both inferences: `eval.fixed_n` samples at seed
+    eval.seed + 1 (MQAR), or RULER samples of RULER_FIXED_LENGTH tokens at seeds eval.seed + 50000 + i."""
+    ruler_task = cfg.task == "ruler"
+    seed = cfg.eval.seed + (RULER_FIXED_SEED_OFFSET if ruler_task else 1)
     result: dict = {"seed": seed, "n": cfg.eval.fixed_n}
+    if ruler_task:
+        result["length"] = RULER_FIXED_LENGTH
     for attention in INFER:
-        scores, ids = predict(model, attention, cfg, cfg.eval.fixed_n, seed)
+        scores, ids = (predict_ruler if ruler_task else predict)(model, attention, cfg, cfg.eval.fixed_n, seed)
         result[attention] = {"score": 100 * float(np.mean(scores)), "output_token_ids": ids}
     return result
+
+
+def read_curve(log: Path) -> list[dict]:
+    """The learning-curve points a run logged (`{"curve": {...}}` lines of its train_log.jsonl)."""
+    import json
+
+    if not log.is_file():
+        return []
+    points = []
+    for line in log.read_text().splitlines():
+        entry = json.loads(line)
+        if "curve" in entry:
+            points.append(entry["curve"])
+    return points
 
 
 def git_sha() -> str:
@@ -96,7 +147,11 @@ def summarize(cfg: TrainConfig, config_path: str) -> dict:
         table[TRAINED[mode]] = {INFER[a]: cell(predict(model, a, cfg, cfg.eval.n, cfg.eval.seed)[0]) for a in INFER}
         record = read_record(run.out)
         runs[TRAINED[mode]] = {"name": run.name, "checkpoint": run.out, "steps": record["steps"],
-                               "train_wall_s": record["train_wall_s"], "final_answer_loss": record["final_answer_loss"]}
+                               "train_wall_s": record["train_wall_s"], "final_answer_loss": record["final_answer_loss"],
+                               "segmented_rule": record.get("segmented_rule"),
+                               "curve": record.get("curve") or read_curve(Path(run.out) / "train_log.jsonl")}
+    # The learning curves at the top level too: they are half of the result (how fast, how stable).
+    table["curves"] = {mode: run["curve"] for mode, run in runs.items()}
     table["provenance"] = {
         "config_file": config_path, "config": config_dict(cfg), "runs": runs, "eval_seed": cfg.eval.seed,
         "train_data_seed": cfg.data.seed, "eval_wall_s": round(time.perf_counter() - start, 1),

@@ -75,21 +75,30 @@ def hidden_states(model: torch.nn.Module, attention: str, ids: torch.Tensor, seg
     return full_hidden(model, ids, inputs_embeds)
 
 
-def loss(model: torch.nn.Module, attention: str, ids: torch.Tensor, answers: torch.Tensor, seg_params: dict,
+def loss(model: torch.nn.Module, attention: str, ids: torch.Tensor, answers: torch.Tensor | None, seg_params: dict,
          all_token_weight: float = 0.0, recall: torch.Tensor | None = None,
-         recall_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(total loss, answer loss): cross-entropy of the answer after the last prompt token, plus
-    `recall_weight` x the loss on the values marked in `recall` [B, L] (predicted one position earlier), plus
+         recall_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """(total loss, metrics): cross-entropy of the answer after the last prompt token, plus
+    `recall_weight` x the loss on the tokens marked in `recall` [B, L] (predicted one position earlier), plus
     `all_token_weight` x the mean next-token loss inside the prompt. The LM head runs only where a
-    loss is taken: over 4096 words at every position it would be most of a step's time."""
+    loss is taken: over 4096 words at every position it would be most of a step's time.
+    Metrics (detached floats): answer_loss, answer_acc, and recall_loss / recall_acc when there are targets."""
     h = hidden_states(model, attention, ids, seg_params)
     head = model.get_output_embeddings()
     ce = torch.nn.functional.cross_entropy
-    answer_loss = ce(head(h[:, -1]).float(), answers)
-    total = answer_loss
-    if recall_weight > 0 and recall is not None and recall.any():
+    total, metrics = torch.zeros((), device=h.device), {}
+    if answers is not None:  # None: the targets are all in `recall` (RULER samples carry their answer tokens)
+        answer_logits = head(h[:, -1]).float()
+        answer_loss = ce(answer_logits, answers)
+        total = answer_loss
+        metrics = {"answer_loss": float(answer_loss.detach()), "answer_acc": float((answer_logits.argmax(-1) == answers).float().mean())}
+    if recall is not None and recall.any():
         rows, pos = recall.nonzero(as_tuple=True)
-        total = total + recall_weight * ce(head(h[rows, pos - 1]).float(), ids[rows, pos])
+        recall_logits = head(h[rows, pos - 1]).float()
+        recall_loss = ce(recall_logits, ids[rows, pos])
+        metrics.update(recall_loss=float(recall_loss.detach()), recall_acc=float((recall_logits.argmax(-1) == ids[rows, pos]).float().mean()))
+        if recall_weight > 0:
+            total = total + recall_weight * recall_loss
     if all_token_weight > 0:
         total = total + all_token_weight * ce(head(h[:, :-1]).flatten(0, 1).float(), ids[:, 1:].flatten())
-    return total, answer_loss.detach()
+    return total, metrics

@@ -1,4 +1,5 @@
-"""One training run: synthetic batches, AdamW with warmup + cosine, a rich progress bar, a jsonl log."""
+"""One training run: synthetic batches, AdamW with warmup + cosine, a rich progress bar, a jsonl log,
+and a learning curve: held-out answer accuracy under both inference modes every `eval.curve_every` steps."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segbench.train import data, forward
+from segbench.train import data, forward, ruler_data
 from segbench.train.config import RunConfig, TrainConfig
 
 
@@ -22,6 +23,7 @@ class RunResult:
     wall_s: float
     first_loss: float
     last_loss: float  # mean answer loss over the last 10% of steps
+    curve: list[dict]  # {"step", "t", "loss", "answer_loss", "recall_acc", "full_infer", "seg_infer"} every curve_every steps
 
 
 def lr_at(step: int, steps: int, base: float, warmup: int) -> float:
@@ -45,6 +47,9 @@ def train_run(cfg: TrainConfig, run: RunConfig, log_path: Path | None = None, pr
     seg_params = seg.method_params()
     log = log_path.open("w") if log_path else None
     answer_losses: list[float] = []
+    curve: list[dict] = []
+    recent: list[dict] = []
+    held_out = _held_out(cfg)
     start = time.perf_counter()
     bar = _progress(progress, run.name, o.steps)
     step = 0
@@ -52,24 +57,38 @@ def train_run(cfg: TrainConfig, run: RunConfig, log_path: Path | None = None, pr
         for step in range(o.steps):
             if o.max_minutes and time.perf_counter() - start > 60 * o.max_minutes:
                 break
-            ids, answers, recall = data.make_batch(cfg.data, o.batch_size, rng, seg.segment, seg.tail)
+            if cfg.eval.curve_every and step % cfg.eval.curve_every == 0:
+                curve.append(_curve_point(model, step, time.perf_counter() - start, recent, held_out, seg_params))
+                recent = []
+                if log:
+                    log.write(json.dumps({"curve": curve[-1]}) + "\n")
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, o.steps, o.lr, o.warmup)
-            total, answer = forward.loss(model, run.attention, ids, answers, seg_params, o.all_token_weight,
-                                         recall, o.recall_weight)
             opt.zero_grad(set_to_none=True)
-            total.backward()
+            parts = _batch(cfg, rng)  # one part (MQAR: a [B, L] batch) or one per sample (RULER: lengths differ)
+            total, metrics = torch.zeros(()), {}
+            for ids, answers, recall in parts:
+                part, part_metrics = forward.loss(model, run.attention, ids, answers, seg_params, o.all_token_weight,
+                                                  recall, o.recall_weight)
+                (part / len(parts)).backward()
+                total = total + part.detach() / len(parts)
+                for key, value in part_metrics.items():
+                    metrics[key] = metrics.get(key, 0.0) + value / len(parts)
             torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
             opt.step()
-            answer_losses.append(float(answer))
+            answer_losses.append(metrics.get("answer_loss", metrics.get("recall_loss", float("nan"))))
+            recent.append({"loss": float(total.detach()), **metrics})
             if log:
-                log.write(json.dumps({"step": step, "loss": float(total), "answer_loss": float(answer),
+                log.write(json.dumps({"step": step, "loss": float(total.detach()), **metrics,
                                       "lr": opt.param_groups[0]["lr"], "t": round(time.perf_counter() - start, 2)}) + "\n")
                 log.flush()
             if bar:
-                bar[0].update(bar[1], advance=1, description=f"{run.name} loss {float(answer):.3f}")
+                bar[0].update(bar[1], advance=1, description=f"{run.name} loss {float(total.detach()):.3f}")
         else:
             step = o.steps
+        curve.append(_curve_point(model, len(answer_losses), time.perf_counter() - start, recent, held_out, seg_params))
+        if log:
+            log.write(json.dumps({"curve": curve[-1]}) + "\n")
     finally:
         if bar:
             bar[0].stop()
@@ -79,7 +98,51 @@ def train_run(cfg: TrainConfig, run: RunConfig, log_path: Path | None = None, pr
     model.eval()
     return RunResult(model=model, steps=len(answer_losses), wall_s=time.perf_counter() - start,
                      first_loss=answer_losses[0] if answer_losses else float("nan"),
-                     last_loss=float(np.mean(answer_losses[-tail:])) if answer_losses else float("nan"))
+                     last_loss=float(np.mean(answer_losses[-tail:])) if answer_losses else float("nan"), curve=curve)
+
+
+def _batch(cfg: TrainConfig, rng: np.random.Generator) -> list[tuple]:
+    if cfg.task == "ruler":
+        return ruler_data.batch(cfg.ruler, cfg.optim.batch_size, rng)
+    return [data.make_batch(cfg.data, cfg.optim.batch_size, rng, cfg.segmented.tail, train=True)]
+
+
+def _held_out(cfg: TrainConfig) -> list[tuple]:
+    """The learning curve's samples, never trained on: MQAR at data seed eval.seed + 2; RULER at
+    sample seeds eval.seed + i (training draws its seeds from ruler.seed upwards)."""
+    if cfg.task == "ruler":
+        return ruler_data.held_out(cfg.ruler, cfg.eval.curve_n, cfg.eval.seed)
+    return [data.make_batch(cfg.data, cfg.eval.curve_n, np.random.default_rng(cfg.eval.seed + 2), cfg.segmented.tail)]
+
+
+def _correct(model: torch.nn.Module, attention: str, ids: torch.Tensor, answers, target, seg_params: dict) -> torch.Tensor:
+    """Per sample: the one-token answer is the argmax (MQAR), or every target token is (RULER, teacher-forced,
+    which is what greedy decoding produces when each step is right)."""
+    h = forward.hidden_states(model, attention, ids, seg_params)
+    head = model.get_output_embeddings()
+    if answers is not None:
+        return head(h[:, -1]).argmax(-1) == answers
+    rows, pos = target.nonzero(as_tuple=True)
+    hit = head(h[rows, pos - 1]).argmax(-1) == ids[rows, pos]
+    return torch.stack([hit[rows == r].all() for r in range(ids.shape[0])])
+
+
+def _curve_point(model: torch.nn.Module, step: int, t: float, recent: list[dict], held_out, seg_params: dict) -> dict:
+    """Training metrics averaged since the last point, and held-out answer accuracy (%) under both
+    inference modes, computed by the training forwards (which equal prefill for the answer's logits)."""
+    point: dict = {"step": step, "t": round(t, 1)}
+    for key in ("loss", "answer_loss", "answer_acc", "recall_loss", "recall_acc"):
+        vals = [r[key] for r in recent if key in r]
+        if vals:
+            point["train_" + key] = round(float(np.mean(vals)), 4)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for attention, name in (("full", "full_infer"), ("segmented", "seg_infer")):
+            hits = torch.cat([_correct(model, attention, ids, answers, target, seg_params) for ids, answers, target in held_out])
+            point[name] = round(100 * float(hits.float().mean()), 2)
+    model.train(was_training)
+    return point
 
 
 def _progress(enabled: bool, name: str, total: int):

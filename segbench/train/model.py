@@ -22,7 +22,7 @@ def new_model(cfg: ModelConfig, seed: int) -> torch.nn.Module:
     config = transformers.LlamaConfig(
         vocab_size=len(tok), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
-        head_dim=cfg.hidden_size // cfg.num_heads, max_position_embeddings=4096, rope_theta=cfg.rope_theta,
+        head_dim=cfg.hidden_size // cfg.num_heads, max_position_embeddings=cfg.max_position_embeddings, rope_theta=cfg.rope_theta, initializer_range=cfg.initializer_range, attention_bias=cfg.attention_bias,
         rms_norm_eps=1e-5, tie_word_embeddings=cfg.tie_word_embeddings,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
