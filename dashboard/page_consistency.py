@@ -37,6 +37,20 @@ def table(summary: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
+def curve_frame(summary: dict) -> pd.DataFrame:
+    """One row per curve step, one column per (trained, inferred) pair: what the summary's curves hold."""
+    series = []
+    for key, name in CELLS:
+        points = (summary.get("curves") or {}).get(key) or []
+        for inf, title in INFER:
+            s = pd.Series({p["step"]: p[inf] for p in points if inf in p}, name=f"{name} / {title}", dtype=float)
+            if not s.empty:
+                series.append(s)
+    if not series:
+        return pd.DataFrame()
+    return pd.concat(series, axis=1).sort_index().rename_axis("step").reset_index()
+
+
 def render(dirs: list[str]) -> None:
     st.header("Training-inference consistency")
     summaries = find_summaries(dirs)
@@ -53,5 +67,10 @@ def render(dirs: list[str]) -> None:
         f"chance is {summary.get('chance', 'n/a')}%."
     )
     st.dataframe(table(summary))
+    curves = curve_frame(summary)
+    if not curves.empty:
+        st.subheader("Learning curves")
+        st.caption("Held-out accuracy (%) under each inference, every few training steps, for each trained model.")
+        st.line_chart(curves, x="step", y=[c for c in curves.columns if c != "step"])
     with st.expander("Provenance"):
         st.json(summary.get("provenance", {}))

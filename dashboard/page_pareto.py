@@ -51,10 +51,12 @@ def render(df: pd.DataFrame) -> None:
         st.info("Pareto needs two measured metrics; these results have fewer. See the Cells page.")
         return
     c1, c2, c3 = st.columns([2, 2, 1])
+    # `?page=Pareto&x=...&y=score:ruler/niah_single_1` opens the page on those axes (links, screenshots).
+    asked = st.query_params
     with c1:
-        x = _metric("x axis", axes, "peak_prefill_mem_bytes", "pareto_x")
+        x = _metric("x axis", axes, asked.get("x", "peak_prefill_mem_bytes"), "pareto_x")
     with c2:
-        y = _metric("y axis", axes, "ttft_s" if x != "ttft_s" else axes[0], "pareto_y")
+        y = _metric("y axis", axes, asked.get("y", "ttft_s" if x != "ttft_s" else axes[0]), "pareto_y")
     with c3:
         log_x = st.checkbox("log x", key="pareto_log_x")
         log_y = st.checkbox("log y", key="pareto_log_y")

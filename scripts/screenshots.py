@@ -2,6 +2,8 @@
 
     .venv/bin/python scripts/screenshots.py                      # results/examples -> docs/*.png
     .venv/bin/python scripts/screenshots.py --results DIR --out DIR --pages Pareto Timeline
+    .venv/bin/python scripts/screenshots.py --results results/examples/ruler_cpu --pages Pareto \
+        --y score:ruler/niah_single_1 --suffix -ruler          # accuracy against peak memory
 
 Serves the dashboard exactly as `segbench dashboard` does (same command line), opens each page in
 headless Chromium through playwright (`?page=<name>`), waits until its figure is drawn, and saves
@@ -126,11 +128,11 @@ def browser() -> Iterator[object]:
             b.close()
 
 
-def open_page(b, url: str, page: str, timeout_ms: int = 120_000):
+def open_page(b, url: str, page: str, timeout_ms: int = 120_000, query: str = ""):
     """A new tab on `page`, returned once its figure holds a trace of DRAWN_ROLE[page], or once the
     page says it has nothing to draw (EMPTY_MARKERS): the caller checks which."""
     tab = b.new_page(viewport=VIEWPORT)
-    tab.goto(f"{url}?page={page.replace(' ', '+')}", wait_until="domcontentloaded", timeout=60_000)
+    tab.goto(f"{url}?page={page.replace(' ', '+')}{query}", wait_until="domcontentloaded", timeout=60_000)
     role = DRAWN_ROLE.get(page, "")
     tab.wait_for_function(
         """([role, markers]) => {
@@ -161,20 +163,20 @@ def has_figure(tab, page: str) -> bool:
     return any(t["role"] == DRAWN_ROLE.get(page) for t in figure_traces(tab))
 
 
-def take(results: list[Path], out: Path, pages: list[str]) -> list[Path]:
+def take(results: list[Path], out: Path, pages: list[str], query: str = "", suffix: str = "") -> list[Path]:
     for r in results:
         if not r.exists():
             raise ScreenshotError(f"no such results directory: {r}")
     shots: dict[Path, bytes] = {}
     with serve(results) as url, browser() as b:
         for page in pages:
-            tab = open_page(b, url, page)
+            tab = open_page(b, url, page, query=query)
             if not has_figure(tab, page):
                 text = tab.evaluate("() => document.body.innerText")
                 said = next((line for line in text.splitlines() if any(m in line for m in EMPTY_MARKERS)), "")
                 where = ", ".join(map(str, results))
                 raise ScreenshotError(f"the {page} page has nothing to draw on {where}: {said.strip()}")
-            shots[out / f"dashboard-{page.lower().replace(' ', '-')}.png"] = tab.screenshot()
+            shots[out / f"dashboard-{page.lower().replace(' ', '-')}{suffix}.png"] = tab.screenshot()
             tab.close()
     # Written only when every page was drawn: a half-updated docs/ would mix two data sets.
     out.mkdir(parents=True, exist_ok=True)
@@ -188,9 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", nargs="+", type=Path, default=[ROOT / "results" / "examples"])
     ap.add_argument("--out", type=Path, default=ROOT / "docs")
     ap.add_argument("--pages", nargs="+", default=["Pareto", "Timeline"], choices=list(DRAWN_ROLE))
+    ap.add_argument("--x", help="Pareto x axis (a metric key, e.g. peak_prefill_mem_bytes)")
+    ap.add_argument("--y", help="Pareto y axis (a metric key, e.g. score:ruler/niah_single_1)")
+    ap.add_argument("--suffix", default="", help="added to the file names: dashboard-pareto<suffix>.png")
     args = ap.parse_args(argv)
+    from urllib.parse import quote
+
+    query = "".join(f"&{k}={quote(v)}" for k, v in (("x", args.x), ("y", args.y)) if v)
     try:
-        written = take(args.results, args.out, args.pages)
+        written = take(args.results, args.out, args.pages, query, args.suffix)
     except ScreenshotError as e:
         print(f"screenshots: {e}", file=sys.stderr)
         return 2

@@ -485,6 +485,10 @@ def test_consistency_page_shows_the_training_table(tmp_path, monkeypatch):
             "seg_infer": {"score": 10.0, "ci95": [4.0, 23.0]},
             "full_infer": {"score": 55.0, "ci95": [40.0, 69.0]},
         },
+        "curves": {
+            "seg_trained": [{"step": 0, "full_infer": 6.0, "seg_infer": 7.0}, {"step": 100, "full_infer": 40.0, "seg_infer": 48.0}],
+            "full_trained": [{"step": 0, "full_infer": 5.0, "seg_infer": 6.0}, {"step": 100, "full_infer": 52.0, "seg_infer": 11.0}],
+        },
         "provenance": {"git_sha": "abc"},
     }
     (tmp_path / "consistency").mkdir()
@@ -496,6 +500,11 @@ def test_consistency_page_shows_the_training_table(tmp_path, monkeypatch):
     shown = at.dataframe[0].value
     assert shown.loc["trained full", "segmented inference"] == "10.0 [4.0, 23.0]"
     assert shown.loc["trained segmented", "full inference"] == "45.0 [30.0, 60.0]"
+    from segbench.dashboard.page_consistency import curve_frame
+
+    curves = curve_frame(summary)  # what the learning-curve chart draws: one line per (trained, inferred)
+    assert list(curves["step"]) == [0, 100] and curves["trained full / segmented inference"].tolist() == [6.0, 11.0]
+    assert len(curves.columns) == 5 and [h.value for h in at.subheader] == ["Learning curves"]
 
 
 def test_compare_preselects_metrics_with_data(tmp_path, monkeypatch):
@@ -560,3 +569,14 @@ def test_log_axes_get_few_round_labels(results):
     # Context ticks: never two labels closer than 1.45x (1000 and 1K overlap); the longest kept.
     assert context_ticks([1000, 1024, 2048, 3072, 4096]) == [1000, 2048, 4096]
     assert context_ticks([4096 * 2**i for i in range(6)]) == [4096 * 2**i for i in range(6)]
+
+
+def test_pareto_axes_come_from_the_url(results):
+    """`?page=Pareto&y=score:niah` (links, scripts/screenshots.py) opens the page on those axes."""
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.query_params["page"] = "Pareto"
+    at.query_params["y"] = "score:niah"
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="pareto_y").value == "score:niah"
+    assert at.selectbox(key="pareto_x").value == "peak_prefill_mem_bytes"
