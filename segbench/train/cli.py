@@ -47,6 +47,7 @@ def train_one(cfg: TrainConfig, run: RunConfig, progress: bool) -> dict:
         "first_answer_loss": result.first_loss, "final_answer_loss": result.last_loss,
         # Held-out accuracy under both inferences every eval.curve_every steps (the summary copies it).
         "curve": result.curve,
+        "init": result.init,
         # What a reload must reproduce (tests/test_train.py checks it on the shipped checkpoints).
         "fixed_sample": fixed_sample_scores(result.model, cfg),
         # Which segmented execution trained and scored it (a checkpoint from an older rule reloads

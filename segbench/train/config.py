@@ -138,6 +138,9 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+    # A checkpoint folder to start from: every tensor whose name and shape match is copied, the rest
+    # keep their fresh init (segbench_train.json lists both). Empty: train from scratch.
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         if not self.runs:

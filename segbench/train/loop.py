@@ -24,6 +24,7 @@ class RunResult:
     first_loss: float
     last_loss: float  # mean answer loss over the last 10% of steps
     curve: list[dict]  # {"step", "t", "loss", "answer_loss", "recall_acc", "full_infer", "seg_infer"} every curve_every steps
+    init: dict | None = None  # what init_from copied (model.init_from_checkpoint)
 
 
 def lr_at(step: int, steps: int, base: float, warmup: int) -> float:
@@ -34,10 +35,11 @@ def lr_at(step: int, steps: int, base: float, warmup: int) -> float:
 
 
 def train_run(cfg: TrainConfig, run: RunConfig, log_path: Path | None = None, progress: bool = True) -> RunResult:
-    from segbench.train.model import new_model
+    from segbench.train.model import init_from_checkpoint, new_model
 
     o, seg = cfg.optim, cfg.segmented
     model = new_model(cfg.model, o.seed)
+    init = init_from_checkpoint(model, cfg.init_from) if cfg.init_from else None
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -98,7 +100,8 @@ def train_run(cfg: TrainConfig, run: RunConfig, log_path: Path | None = None, pr
     model.eval()
     return RunResult(model=model, steps=len(answer_losses), wall_s=time.perf_counter() - start,
                      first_loss=answer_losses[0] if answer_losses else float("nan"),
-                     last_loss=float(np.mean(answer_losses[-tail:])) if answer_losses else float("nan"), curve=curve)
+                     last_loss=float(np.mean(answer_losses[-tail:])) if answer_losses else float("nan"), curve=curve,
+                     init=init)
 
 
 def _batch(cfg: TrainConfig, rng: np.random.Generator) -> list[tuple]:

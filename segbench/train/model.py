@@ -32,6 +32,26 @@ def new_model(cfg: ModelConfig, seed: int) -> torch.nn.Module:
     return model
 
 
+def init_from_checkpoint(model: torch.nn.Module, path: str | Path) -> dict:
+    """Copy every tensor of `path`/model.safetensors whose name and shape match into `model`.
+    Returns {"from": path, "copied": [...], "fresh": [...]} (parameter names) for the record."""
+    from safetensors.torch import load_file
+
+    file = Path(path) / "model.safetensors"
+    if not file.is_file():
+        raise FileNotFoundError(f"init_from: no model.safetensors in {path}")
+    saved = load_file(str(file))
+    copied, fresh = [], []
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in saved and saved[name].shape == param.shape:
+                param.copy_(saved[name].to(param.dtype))
+                copied.append(name)
+            else:
+                fresh.append(name)
+    return {"from": str(path), "copied": copied, "fresh": fresh}
+
+
 def save_checkpoint(model: torch.nn.Module, out: Path, record: dict) -> None:
     """model.safetensors + config.json (AutoModelForCausalLM loads it), tokenizer files, and `RECORD`."""
     out.mkdir(parents=True, exist_ok=True)
