@@ -71,6 +71,9 @@ def test_cells_and_forkserver_die_with_the_runner(tmp_path, sig):
     runner = subprocess.Popen(
         [sys.executable, "-m", "segbench.cli", "run", str(suite), "--out", str(out), "--no-progress", "--no-report"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        # Under nohup SIGHUP is ignored and children inherit that (the runner then rightly keeps
+        # ignoring it): give the runner the default disposition a terminal session has.
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
     )
     try:
         # Wait until the quick cell is saved and the sleeping one runs (a grandchild: runner -> forkserver -> cell).
