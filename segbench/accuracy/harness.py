@@ -118,11 +118,7 @@ def _max_new_lb(name: str) -> int:
 def score_sample(task: str, sample: Sample, prediction: str) -> float:
     benchmark, name = task.split("/", 1)
     if benchmark == "ruler":
-        pred = scoring.postprocess_pred(prediction)
-        metric = sample.extra["metric"]
-        per_sample = (scoring.string_match_part_per_sample if metric == "string_match_part"
-                      else scoring.string_match_all_per_sample)
-        return per_sample([pred], [sample.references])[0]
+        return scoring.ruler_sample_score(sample.extra["metric"], prediction, sample.references)
     if benchmark in ("longbench", "longbench_e"):
         return scoring.longbench_sample_score(name, prediction, sample.references,
                                               all_classes=(sample.extra or {}).get("all_classes"))

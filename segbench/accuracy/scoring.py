@@ -78,6 +78,12 @@ def string_match_part_per_sample(preds: Sequence[str], refs: Sequence[Sequence[s
     return [float(any(r.lower() in p.lower() for r in ref)) for p, ref in zip(preds, refs, strict=True)]
 
 
+def ruler_sample_score(metric: str, prediction: str, references: Sequence[str]) -> float:
+    """One RULER sample as RULER's evaluate.py scores it: postprocessed prediction, then its task's metric."""
+    per_sample = string_match_part_per_sample if metric == "string_match_part" else string_match_all_per_sample
+    return per_sample([postprocess_pred(prediction)], [references])[0]
+
+
 def _percent(per_sample: list[float]) -> float:
     if not per_sample:
         raise ValueError("no predictions to score")

@@ -42,12 +42,18 @@ def load_trained(path: str | Path) -> torch.nn.Module:
     return model
 
 
+def inference_method(model: torch.nn.Module, attention: str, cfg: TrainConfig):
+    """The real adapter for `attention` inference (the recipe's segmented settings), set up on `model`."""
+    method = make_method("full", {}) if attention == "full" else make_method("segmented", cfg.segmented.method_params())
+    method.setup(model, device="cpu", dtype="float32")
+    return method
+
+
 def predict(model: torch.nn.Module, attention: str, cfg: TrainConfig, n: int, seed: int) -> tuple[list[float], list[list[int]]]:
     """Per-sample scores (0/1) and generated ids of `n` held-out samples under `attention` inference."""
     from segbench.worker import run_once  # the worker's imports are heavy; only when evaluating
 
-    method = make_method("full", {}) if attention == "full" else make_method("segmented", cfg.segmented.method_params())
-    method.setup(model, device="cpu", dtype="float32")
+    method = inference_method(model, attention, cfg)
     tok = load_tokenizer("tiny")
     ids, answers, _ = data.make_batch(cfg.data, n, np.random.default_rng(seed), cfg.segmented.tail)
     preds, refs, out_ids = [], [], []
@@ -72,29 +78,20 @@ def predict_ruler(model: torch.nn.Module, attention: str, cfg: TrainConfig, n: i
                   length: int = RULER_FIXED_LENGTH) -> tuple[list[float], list[list[int]]]:
     """Per-sample RULER scores (0/1, the task's official metric) and generated ids, greedy until EOS."""
     from segbench.accuracy import ruler
-    from segbench.accuracy import scoring
+    from segbench.accuracy.scoring import ruler_sample_score
     from segbench.worker import run_once
 
-    method = make_method("full", {}) if attention == "full" else make_method("segmented", cfg.segmented.method_params())
-    method.setup(model, device="cpu", dtype="float32")
+    method = inference_method(model, attention, cfg)
     tok = load_tokenizer("tiny")
-    preds, refs, out_ids = [], [], []
+    scores, out_ids = [], []
     for i in range(n):
         s = ruler.generate(cfg.ruler.task, length, 1, tok, seed=seed + i)[0]
         ids = torch.tensor([ruler.sample_token_ids(tok, s)])
         out = run_once(method, model, ids, decode_tokens=24, device="cpu", eos_id=tok.eos_token_id)
         out_ids.append(out["output_token_ids"])
-        preds.append(scoring.postprocess_pred(tok.decode(out["output_token_ids"])))
-        refs.append(s["outputs"])
-    per_sample = (scoring.string_match_part_per_sample if rc_metric(cfg) == "string_match_part"
-                  else scoring.string_match_all_per_sample)  # as the accuracy harness scores RULER
-    return per_sample(preds, refs), out_ids
-
-
-def rc_metric(cfg: TrainConfig) -> str:
-    from segbench.accuracy.ruler_config import TASK_SPECS
-
-    return TASK_SPECS[cfg.ruler.task].metric
+        # Scored as an accuracy cell scores it.
+        scores.append(ruler_sample_score(s["metric"], tok.decode(out["output_token_ids"]), s["outputs"]))
+    return scores, out_ids
 
 
 def fixed_sample_scores(model: torch.nn.Module, cfg: TrainConfig) -> dict:

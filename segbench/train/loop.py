@@ -62,8 +62,7 @@ def train_run(cfg: TrainConfig, run: RunConfig, log_path: Path | None = None, pr
             if cfg.eval.curve_every and step % cfg.eval.curve_every == 0:
                 curve.append(_curve_point(model, step, time.perf_counter() - start, recent, held_out, seg_params))
                 recent = []
-                if log:
-                    log.write(json.dumps({"curve": curve[-1]}) + "\n")
+                _log_curve(log, curve[-1])
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, o.steps, o.lr, o.warmup)
             opt.zero_grad(set_to_none=True)
@@ -79,18 +78,17 @@ def train_run(cfg: TrainConfig, run: RunConfig, log_path: Path | None = None, pr
             torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
             opt.step()
             answer_losses.append(metrics.get("answer_loss", metrics.get("recall_loss", float("nan"))))
-            recent.append({"loss": float(total.detach()), **metrics})
+            recent.append({"loss": float(total), **metrics})
             if log:
-                log.write(json.dumps({"step": step, "loss": float(total.detach()), **metrics,
+                log.write(json.dumps({"step": step, "loss": float(total), **metrics,
                                       "lr": opt.param_groups[0]["lr"], "t": round(time.perf_counter() - start, 2)}) + "\n")
                 log.flush()
             if bar:
-                bar[0].update(bar[1], advance=1, description=f"{run.name} loss {float(total.detach()):.3f}")
+                bar[0].update(bar[1], advance=1, description=f"{run.name} loss {float(total):.3f}")
         else:
             step = o.steps
         curve.append(_curve_point(model, len(answer_losses), time.perf_counter() - start, recent, held_out, seg_params))
-        if log:
-            log.write(json.dumps({"curve": curve[-1]}) + "\n")
+        _log_curve(log, curve[-1])
     finally:
         if bar:
             bar[0].stop()
@@ -102,6 +100,11 @@ def train_run(cfg: TrainConfig, run: RunConfig, log_path: Path | None = None, pr
                      first_loss=answer_losses[0] if answer_losses else float("nan"),
                      last_loss=float(np.mean(answer_losses[-tail:])) if answer_losses else float("nan"), curve=curve,
                      init=init)
+
+
+def _log_curve(log, point: dict) -> None:
+    if log:
+        log.write(json.dumps({"curve": point}) + "\n")
 
 
 def _batch(cfg: TrainConfig, rng: np.random.Generator) -> list[tuple]:
